@@ -1,0 +1,238 @@
+package amqprpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/rpc"
+	"sync"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
+)
+
+// Client calls the net/rpc services of one namespace through RabbitMQ. Call
+// and Go behave as in net/rpc; CallContext adds a context. A Client is safe
+// for concurrent use by many goroutines.
+type Client struct {
+	*rpc.Client
+
+	codec     *clientCodec
+	id        string
+	conns     []*amqp.Connection // publishing, consuming
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Dial connects to the broker at url (amqp:// or amqps://), declares the
+// namespace's request side and the client's own reply queue, and returns a
+// client ready for its first call: no sleep is needed, and a call made
+// before any server runs waits in the broker until one does (or until its
+// deadline, when the request expires).
+//
+// Dial opens two connections, one to publish and one to consume, so that a
+// broker that blocks publishers cannot stop replies from arriving. Dial
+// blocks until the topology is declared. Close releases everything.
+func Dial(url, namespace string, opts ...Option) (*Client, error) {
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	n, err := newNames(namespace)
+	if err != nil {
+		return nil, err
+	}
+	id := o.clientID
+	if id == "" {
+		id = randomHex(8)
+	}
+	name := o.connName
+	if name == "" {
+		name = "amqprpc client " + id
+	}
+	cfg := transport.Config{TLS: o.tls, Heartbeat: o.heartbeat, Name: name}
+	pubConn, err := transport.Dial(url, cfg)
+	if err != nil {
+		return nil, err
+	}
+	subConn, err := transport.Dial(url, cfg)
+	if err != nil {
+		_ = pubConn.Close()
+		return nil, err
+	}
+	cc, err := newClientCodecOn(pubConn, subConn, namespace, n, id, o)
+	if err != nil {
+		_ = pubConn.Close()
+		_ = subConn.Close()
+		return nil, err
+	}
+	return &Client{
+		Client: rpc.NewClientWithCodec(cc),
+		codec:  cc,
+		id:     id,
+		conns:  []*amqp.Connection{pubConn, subConn},
+	}, nil
+}
+
+// NewClientCodec returns a net/rpc client codec for namespace on conn, for
+// use with rpc.NewClientWithCodec. It declares the same topology as Dial and
+// consumes the client's reply queue on conn. Closing the codec (through
+// rpc.Client.Close) closes its channels, not conn. It does not reconnect.
+//
+// It follows net/rpc's codec contract: net/rpc serialises WriteRequest
+// calls and reads header/body pairs from one goroutine; a body read into
+// nil is discarded; after Close reads return io.EOF, so pending calls fail
+// with rpc.ErrShutdown. Calls get the default call timeout (WithCallTimeout).
+// Prefer Dial: with a plain rpc.Client a reply body that does not decode
+// into the reply value shuts the client down, as with any net/rpc codec.
+func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rpc.ClientCodec, error) {
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	n, err := newNames(namespace)
+	if err != nil {
+		return nil, err
+	}
+	id := o.clientID
+	if id == "" {
+		id = randomHex(8)
+	}
+	return newClientCodecOn(conn, conn, namespace, n, id, o)
+}
+
+// newClientCodecOn declares the client's topology on subConn, consumes its
+// reply queue there and publishes on pubConn.
+func newClientCodecOn(pubConn, subConn *amqp.Connection, namespace string, n names, id string, o *options) (*clientCodec, error) {
+	ch, err := subConn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("amqprpc: open channel: %w", err)
+	}
+	queue := n.replyQueue(namespace, id)
+	deliveries, err := func() (<-chan amqp.Delivery, error) {
+		if err := n.declareRequestSide(ch); err != nil {
+			return nil, err
+		}
+		if err := n.declareReplyQueue(ch, queue, id, o.replyExpiry); err != nil {
+			return nil, err
+		}
+		if err := ch.Qos(o.prefetch*8, 0, false); err != nil {
+			return nil, fmt.Errorf("amqprpc: qos: %w", err)
+		}
+		d, err := ch.Consume(queue, "", false, false, false, false, nil)
+		if err != nil {
+			return nil, fmt.Errorf("amqprpc: consume %s: %w", queue, err)
+		}
+		return d, nil
+	}()
+	if err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	pub, err := transport.NewPublisher(pubConn)
+	if err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	return newClientCodec(clientCodecConfig{
+		names:      n,
+		clientID:   id,
+		opts:       o,
+		pub:        pub,
+		deliveries: deliveries,
+		release: func() error {
+			return errors.Join(closeChannel(ch), pub.Close())
+		},
+	}), nil
+}
+
+// closeChannel closes ch; a channel already closed (with its connection) is
+// not an error.
+func closeChannel(ch *amqp.Channel) error {
+	if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+		return fmt.Errorf("amqprpc: close channel: %w", err)
+	}
+	return nil
+}
+
+// ID returns the client id: the routing key of its replies.
+func (c *Client) ID() string { return c.id }
+
+// Call invokes serviceMethod, waits for it to complete and returns its error
+// status, as rpc.Client.Call does. It fails with an error matching
+// context.DeadlineExceeded when no reply arrives within the default call
+// timeout (WithCallTimeout).
+func (c *Client) Call(serviceMethod string, args, reply any) error {
+	return c.CallContext(context.Background(), serviceMethod, args, reply)
+}
+
+// Go invokes serviceMethod asynchronously, as rpc.Client.Go does: the
+// returned Call's Done channel receives it once complete. A nil done gets a
+// new channel; a non-nil one must be buffered (net/rpc panics otherwise).
+// A call without reply within the default call timeout completes with an
+// rpc.ServerError that says it timed out.
+func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) *rpc.Call {
+	return c.Client.Go(serviceMethod, &callArgs{args: args, reply: reply}, reply, done)
+}
+
+// CallContext invokes serviceMethod and waits for its reply or for ctx to
+// end, whichever comes first. When ctx ends first it returns ctx.Err() at
+// once, frees the call, and any late reply is dropped; the request carries
+// ctx's deadline as its AMQP expiration, so it expires in the broker rather
+// than run late. Without a deadline in ctx the default call timeout applies.
+// Remote errors are rpc.ServerError values.
+func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, reply any) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ca := &callArgs{args: args, reply: reply}
+	ca.deadline, _ = ctx.Deadline()
+	call := c.Client.Go(serviceMethod, ca, reply, make(chan *rpc.Call, 1))
+	select {
+	case <-call.Done:
+		return callError(call.Error)
+	case <-ctx.Done():
+		if ca.sent && c.codec.cancel(ca.seq) {
+			return ctx.Err()
+		}
+		// The reply is being read into reply right now (or the call never
+		// went out): wait the moment it takes, so reply is not written to
+		// after we return.
+		<-call.Done
+		return callError(call.Error)
+	}
+}
+
+// callError maps the codec's own timeout completion to an error that
+// matches context.DeadlineExceeded.
+func callError(err error) error {
+	if se, ok := err.(rpc.ServerError); ok && string(se) == timeoutText {
+		return fmt.Errorf("%s: %w", timeoutText, context.DeadlineExceeded)
+	}
+	return err
+}
+
+// Dropped returns how many replies the client dropped because they matched
+// no pending call: duplicates, replies after a timeout, forged ids.
+func (c *Client) Dropped() uint64 { return c.codec.dropped.Load() }
+
+// Close fails pending calls with rpc.ErrShutdown, stops the client's
+// goroutines and closes its connections. The reply queue stays until its
+// expiry (WithReplyQueueExpiry). Close is idempotent and safe for concurrent
+// use; later calls return nil.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		err := c.Client.Close()
+		if errors.Is(err, rpc.ErrShutdown) {
+			err = nil
+		}
+		for _, conn := range c.conns {
+			if cerr := conn.Close(); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
+				err = errors.Join(err, cerr)
+			}
+		}
+		c.closeErr = err
+	})
+	return c.closeErr
+}

@@ -1,0 +1,327 @@
+package amqprpc
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/rpc"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/amqprpc/amqprpc/codec"
+	"github.com/amqprpc/amqprpc/internal/transport"
+)
+
+// callArgs wraps a call's args on their way through net/rpc's Go into the
+// codec's WriteRequest, carrying what net/rpc has no room for.
+type callArgs struct {
+	args  any
+	reply any // the caller's reply, decoded into while reading the header
+	// deadline is the caller's own, which the caller enforces (CallContext);
+	// zero means the codec applies the default call timeout.
+	deadline time.Time
+	seq      uint64 // set by WriteRequest, with sent
+	sent     bool
+}
+
+// clientCodec is the rpc.ClientCodec behind Client; see NewClientCodec.
+type clientCodec struct {
+	names
+	replyTo    string // the client id
+	prefix     string // of every correlation id: random, ends in "."
+	codec      codec.Codec
+	timeout    time.Duration
+	log        *slog.Logger
+	pub        *transport.Publisher
+	deliveries <-chan amqp.Delivery
+	release    func() error // closes what the codec owns, once
+
+	synthReady chan struct{} // cap 1: synth gained an entry
+	timerReset chan struct{} // cap 1: the timeout list's head changed
+	closed     chan struct{}
+	closeOnce  sync.Once
+	closeErr   error
+	wg         sync.WaitGroup // the timeout goroutine
+
+	mu sync.Mutex
+	// protects pending, timeouts and synth
+	pending  map[uint64]*pendingCall
+	timeouts timeoutList
+	synth    []rpc.Response // completions made up by the codec, to be read next
+
+	// Read side: net/rpc reads header and body pairs from one goroutine.
+	body      []byte      // body still to decode in ReadResponseBody
+	bodyCodec codec.Codec // its codec; nil: nothing to decode
+
+	dropped atomic.Uint64 // replies dropped: unknown ids, duplicates, unreadable
+}
+
+type clientCodecConfig struct {
+	names
+	clientID   string
+	opts       *options
+	pub        *transport.Publisher
+	deliveries <-chan amqp.Delivery
+	release    func() error
+}
+
+func newClientCodec(cfg clientCodecConfig) *clientCodec {
+	c := &clientCodec{
+		names:      cfg.names,
+		replyTo:    cfg.clientID,
+		prefix:     randomHex(6) + ".",
+		codec:      cfg.opts.codec,
+		timeout:    cfg.opts.callTimeout,
+		log:        cfg.opts.logger,
+		pub:        cfg.pub,
+		deliveries: cfg.deliveries,
+		release:    cfg.release,
+		synthReady: make(chan struct{}, 1),
+		timerReset: make(chan struct{}, 1),
+		closed:     make(chan struct{}),
+		pending:    make(map[uint64]*pendingCall),
+	}
+	c.wg.Add(1)
+	go c.expire()
+	return c
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// WriteRequest publishes one call. net/rpc serialises calls to it. It returns
+// once the request is written to the connection; the broker's confirm is
+// handled later, so a slow confirm never holds up other callers.
+func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
+	p := &pendingCall{seq: r.Seq}
+	args := body
+	var ttl time.Time
+	if ca, ok := body.(*callArgs); ok {
+		args, p.reply, ttl = ca.args, ca.reply, ca.deadline
+		ca.seq, ca.sent = r.Seq, true
+	}
+	if ttl.IsZero() && c.timeout > 0 {
+		ttl = time.Now().Add(c.timeout)
+		p.deadline = ttl
+	}
+	data, err := c.codec.Marshal(args)
+	if err != nil {
+		return fmt.Errorf("amqprpc: encoding args of %s: %w", r.ServiceMethod, err)
+	}
+
+	c.mu.Lock()
+	c.pending[r.Seq] = p
+	if !p.deadline.IsZero() {
+		if c.timeouts.tail == nil {
+			defer signal(c.timerReset)
+		}
+		c.timeouts.push(p)
+	}
+	c.mu.Unlock()
+
+	id := correlationID(c.prefix, r.Seq)
+	seq := r.Seq
+	err = c.pub.Publish(context.Background(), c.requestExchange, "", false, amqp.Publishing{
+		ContentType:   c.codec.ContentType(),
+		CorrelationId: id,
+		MessageId:     id,
+		ReplyTo:       c.replyTo,
+		Type:          r.ServiceMethod,
+		Expiration:    expiration(ttl),
+		Body:          data,
+	}, func(ack bool) {
+		if !ack {
+			c.fail(seq, ErrRefused.Error())
+		}
+	})
+	if err != nil {
+		c.forget(seq)
+		return err
+	}
+	return nil
+}
+
+// take removes seq from the pending calls and returns it, or nil when the
+// call was already completed (replied to, timed out or cancelled).
+func (c *clientCodec) take(seq uint64) *pendingCall {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.takeLocked(seq)
+}
+
+func (c *clientCodec) takeLocked(seq uint64) *pendingCall {
+	p := c.pending[seq]
+	if p != nil {
+		delete(c.pending, seq)
+		c.timeouts.remove(p)
+	}
+	return p
+}
+
+// forget drops a call whose request was never sent.
+func (c *clientCodec) forget(seq uint64) { c.take(seq) }
+
+// fail completes seq with an error made up by the codec, if it is still
+// pending; it reports whether it did. net/rpc receives the completion through
+// the next ReadResponseHeader and frees the call.
+func (c *clientCodec) fail(seq uint64, text string) bool {
+	c.mu.Lock()
+	p := c.takeLocked(seq)
+	if p != nil {
+		c.synth = append(c.synth, rpc.Response{Seq: seq, Error: text})
+	}
+	c.mu.Unlock()
+	if p != nil {
+		signal(c.synthReady)
+	}
+	return p != nil
+}
+
+// cancel fails a call whose caller gave up; see CallContext.
+func (c *clientCodec) cancel(seq uint64) bool { return c.fail(seq, canceledText) }
+
+// expire is the codec's one timeout goroutine: it fails the calls at the head
+// of the timeout list as their deadline passes.
+func (c *clientCodec) expire() {
+	defer c.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		c.mu.Lock()
+		now := time.Now()
+		var expired int
+		for p := c.timeouts.head; p != nil && !p.deadline.After(now); p = c.timeouts.head {
+			c.takeLocked(p.seq)
+			c.synth = append(c.synth, rpc.Response{Seq: p.seq, Error: timeoutText})
+			expired++
+		}
+		wait := time.Hour
+		if h := c.timeouts.head; h != nil {
+			wait = h.deadline.Sub(now)
+		}
+		c.mu.Unlock()
+		if expired > 0 {
+			signal(c.synthReady)
+		}
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-c.timerReset:
+		case <-c.closed:
+			return
+		}
+	}
+}
+
+// ReadResponseHeader returns the next completion: a reply from the reply
+// queue or a failure the codec made up (timeout, cancel, refusal). Replies
+// that match no pending call (unknown or forged ids, duplicates, replies to
+// calls that already timed out) are acked, counted and dropped, never
+// returned as an error: an error here would shut the whole rpc.Client down.
+// It blocks until a completion arrives or the codec is closed (io.EOF).
+func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
+	c.bodyCodec, c.body = nil, nil
+	for {
+		c.mu.Lock()
+		if len(c.synth) > 0 {
+			*r = c.synth[0]
+			c.synth[0] = rpc.Response{}
+			c.synth = c.synth[1:]
+			c.mu.Unlock()
+			return nil
+		}
+		c.mu.Unlock()
+
+		select {
+		case d, ok := <-c.deliveries:
+			if !ok {
+				return io.EOF
+			}
+			if c.readReply(&d, r) {
+				return nil
+			}
+		case <-c.synthReady:
+		case <-c.closed:
+			return io.EOF
+		}
+	}
+}
+
+// readReply turns delivery d into r; false means d was dropped.
+func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
+	defer func() { _ = d.Ack(false) }()
+	seq, ok := parseCorrelationID(c.prefix, d.CorrelationId)
+	var p *pendingCall
+	if ok {
+		p = c.take(seq)
+	}
+	if p == nil {
+		c.dropped.Add(1)
+		c.log.Debug("amqprpc: dropped a reply that matches no pending call",
+			"correlation_id", d.CorrelationId, "type", d.Type)
+		return false
+	}
+	*r = rpc.Response{ServiceMethod: d.Type, Seq: seq}
+	if e, isErr := d.Headers[headerError]; isErr {
+		r.Error, _ = e.(string)
+		if r.Error == "" {
+			r.Error = "amqprpc: remote error without text"
+		}
+		return true
+	}
+	cd, known := codec.ByContentType(d.ContentType, c.codec)
+	if !known {
+		r.Error = fmt.Sprintf("amqprpc: reply has unknown content type %q", d.ContentType)
+		return true
+	}
+	if p.reply == nil { // a plain net/rpc caller: decode in ReadResponseBody
+		c.bodyCodec, c.body = cd, d.Body
+		return true
+	}
+	if err := cd.Unmarshal(d.Body, p.reply); err != nil {
+		r.Error = "amqprpc: decoding reply: " + err.Error()
+	}
+	return true
+}
+
+// ReadResponseBody decodes the reply body that ReadResponseHeader left, if
+// any; a nil body discards it. Calls made through Client were decoded while
+// reading the header, so a bad body fails only that call; for a plain
+// rpc.Client an error here shuts the client down, as with every net/rpc codec.
+func (c *clientCodec) ReadResponseBody(body any) error {
+	cd, data := c.bodyCodec, c.body
+	c.bodyCodec, c.body = nil, nil
+	if cd == nil || body == nil {
+		return nil
+	}
+	return cd.Unmarshal(data, body)
+}
+
+// Close stops the codec: reads return io.EOF (so net/rpc fails pending calls
+// with rpc.ErrShutdown), the timeout goroutine ends and the codec's channels
+// close. It is idempotent and waits for the codec's goroutines.
+func (c *clientCodec) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.closed)
+		c.wg.Wait()
+		if c.release != nil {
+			c.closeErr = c.release()
+		}
+	})
+	return c.closeErr
+}
+
+// pendingCount is the number of calls the codec tracks, for tests.
+func (c *clientCodec) pendingCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
+}

@@ -1,0 +1,48 @@
+package codec_test
+
+import (
+	"testing"
+
+	"github.com/amqprpc/amqprpc/codec"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type args struct {
+	A, B int
+	Name string
+	Tags []string
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, c := range []codec.Codec{codec.MsgPack, codec.JSON, codec.Gob} {
+		t.Run(c.ContentType(), func(t *testing.T) {
+			in := args{A: 3, B: 4, Name: "hyp", Tags: []string{"x", "y"}}
+			data, err := c.Marshal(in)
+			require.NoError(t, err)
+			var out args
+			require.NoError(t, c.Unmarshal(data, &out))
+			assert.Equal(t, in, out)
+			assert.NoError(t, c.Unmarshal(data, nil), "a nil target discards the body")
+		})
+	}
+}
+
+func TestGarbageIsAnError(t *testing.T) {
+	for _, c := range []codec.Codec{codec.MsgPack, codec.JSON, codec.Gob} {
+		t.Run(c.ContentType(), func(t *testing.T) {
+			var out args
+			assert.Error(t, c.Unmarshal([]byte{0xc1, 0xff, 0x00, '{'}, &out))
+		})
+	}
+}
+
+func TestByContentType(t *testing.T) {
+	for _, c := range []codec.Codec{codec.MsgPack, codec.JSON, codec.Gob} {
+		got, ok := codec.ByContentType(c.ContentType())
+		require.True(t, ok)
+		assert.Equal(t, c, got)
+	}
+	_, ok := codec.ByContentType("text/plain")
+	assert.False(t, ok)
+}

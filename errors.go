@@ -1,0 +1,34 @@
+package amqprpc
+
+import (
+	"errors"
+	"net/rpc"
+)
+
+// Errors of this package. Compare with errors.Is. Calls on a closed client
+// fail with [rpc.ErrShutdown], and calls whose context ends with ctx.Err(),
+// as in the standard library.
+var (
+	// ErrClosed is returned by Serve on a server that was closed.
+	ErrClosed = errors.New("amqprpc: server closed")
+	// ErrServing is returned by Serve while another Serve runs on the same server.
+	ErrServing = errors.New("amqprpc: server already serving")
+	// ErrRefused means the broker refused to take a request (a negative
+	// publisher confirm); the call was not run.
+	ErrRefused = errors.New("amqprpc: broker refused the request")
+)
+
+// ErrShutdown is rpc.ErrShutdown, returned by calls on a closed client.
+var ErrShutdown = rpc.ErrShutdown
+
+// Texts of the errors the client itself puts in calls that net/rpc completes
+// with an [rpc.ServerError]: Go calls that time out or whose request the
+// broker refused.
+const (
+	timeoutText  = "amqprpc: call timed out"
+	canceledText = "amqprpc: call canceled"
+)
+
+// errConsumerEnded is Serve's error when the broker or the network ended the
+// request consumer.
+var errConsumerEnded = errors.New("amqprpc: request consumer ended: connection or channel closed")

@@ -1,0 +1,120 @@
+package amqprpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/rpc"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Math is the tutorial's service.
+type Math struct{}
+
+type Pair struct{ A, B float64 }
+
+func (*Math) SumNumbers(nums []int, sum *int) error {
+	for _, n := range nums {
+		*sum += n
+	}
+	return nil
+}
+
+func (*Math) Hypotenuse(p Pair, h *float64) error {
+	if p.A < 0 || p.B < 0 {
+		return fmt.Errorf("negative cathetus: %v", p)
+	}
+	*h = math.Sqrt(p.A*p.A + p.B*p.B)
+	return nil
+}
+
+// Gate is a service whose calls block until the test opens the gate.
+type Gate struct {
+	entered chan string
+	release chan struct{}
+	ran     atomic.Int32
+}
+
+func newGate() *Gate {
+	return &Gate{entered: make(chan string, 1000), release: make(chan struct{})}
+}
+
+func (g *Gate) Wait(arg string, reply *string) error {
+	g.ran.Add(1)
+	g.entered <- arg
+	<-g.release
+	*reply = "done " + arg
+	return nil
+}
+
+// Barrier is a service whose calls each wait until n calls are inside at
+// once: it fails unless the server runs n handlers concurrently.
+type Barrier struct {
+	n    int
+	mu   sync.Mutex
+	in   int
+	max  int
+	full chan struct{}
+}
+
+func newBarrier(n int) *Barrier { return &Barrier{n: n, full: make(chan struct{})} }
+
+func (b *Barrier) Meet(who string, reply *string) error {
+	b.mu.Lock()
+	b.in++
+	if b.in > b.max {
+		b.max = b.in
+	}
+	if b.in == b.n {
+		close(b.full)
+	}
+	b.mu.Unlock()
+	defer func() { b.mu.Lock(); b.in--; b.mu.Unlock() }()
+	select {
+	case <-b.full:
+		*reply = who
+		return nil
+	case <-time.After(20 * time.Second):
+		return errors.New("barrier: not enough concurrent calls")
+	}
+}
+
+// newRPCServer registers rcvrs on a fresh rpc.Server.
+func newRPCServer(t testing.TB, rcvrs ...any) *rpc.Server {
+	t.Helper()
+	s := rpc.NewServer()
+	for _, r := range rcvrs {
+		require.NoError(t, s.Register(r))
+	}
+	return s
+}
+
+// startServer runs a Server for rcvr on ns until t ends, and checks that its
+// Serve returned nil.
+func startServer(t testing.TB, ns string, rcvr *rpc.Server, opts ...Option) *Server {
+	t.Helper()
+	s, err := NewServer(brokerURL(), ns, rcvr, opts...)
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		require.NoError(t, s.Close())
+		require.NoError(t, <-served)
+	})
+	return s
+}
+
+// dial returns a Client of ns, closed when t ends.
+func dial(t testing.TB, ns string, opts ...Option) *Client {
+	t.Helper()
+	c, err := Dial(brokerURL(), ns, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, c.Close()) })
+	return c
+}

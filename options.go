@@ -1,0 +1,188 @@
+package amqprpc
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/amqprpc/amqprpc/codec"
+)
+
+// Option configures a [Client] or a [Server]. Options that only make sense
+// on one side are ignored by the other.
+type Option func(*options) error
+
+type options struct {
+	codec       codec.Codec
+	prefetch    int
+	logger      *slog.Logger
+	clientID    string
+	replyExpiry time.Duration
+	tls         *tls.Config
+	callTimeout time.Duration
+	heartbeat   time.Duration
+	maxBody     int
+	connName    string
+}
+
+// Defaults of every option, as documented on each With… function.
+const (
+	DefaultPrefetch    = 128
+	DefaultReplyExpiry = 5 * time.Minute
+	DefaultCallTimeout = 60 * time.Second
+	DefaultHeartbeat   = 10 * time.Second
+	DefaultMaxBodySize = 4 << 20
+)
+
+func newOptions(opts []Option) (*options, error) {
+	o := &options{
+		codec:       codec.MsgPack,
+		prefetch:    DefaultPrefetch,
+		logger:      slog.New(slog.DiscardHandler),
+		replyExpiry: DefaultReplyExpiry,
+		callTimeout: DefaultCallTimeout,
+		heartbeat:   DefaultHeartbeat,
+		maxBody:     DefaultMaxBodySize,
+	}
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(o); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// WithCodec sets the body encoding a client uses for its requests (a server
+// answers each request in the encoding it came in, and also accepts c).
+// Default: [codec.MsgPack]. A nil c is an error.
+func WithCodec(c codec.Codec) Option {
+	return func(o *options) error {
+		if c == nil {
+			return errors.New("amqprpc: WithCodec(nil)")
+		}
+		o.codec = c
+		return nil
+	}
+}
+
+// WithPrefetch sets how many requests a server takes from the broker at once,
+// which is also how many handlers run concurrently. Default: 128
+// ([DefaultPrefetch]). Zero or negative is an error: an unlimited prefetch
+// lets one server take the whole backlog.
+func WithPrefetch(n int) Option {
+	return func(o *options) error {
+		if n <= 0 || n > 65535 {
+			return fmt.Errorf("amqprpc: WithPrefetch(%d): must be 1..65535", n)
+		}
+		o.prefetch = n
+		return nil
+	}
+}
+
+// WithLogger sets where the library reports what it cannot return as an
+// error: dropped messages, refused requests, lost connections. Default: no
+// logging. A nil l means the default.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l == nil {
+			l = slog.New(slog.DiscardHandler)
+		}
+		o.logger = l
+		return nil
+	}
+}
+
+// WithClientID sets the client's id: the routing key of its replies and part
+// of its reply queue's name, rpc_<namespace>_<id>_response. Default: 16
+// random hex characters, new for every Dial. Two live clients must never
+// share an id (each would take, and drop, the other's replies); reuse an id
+// only to pick up a reply queue a previous process left behind. An empty id
+// means the default.
+func WithClientID(id string) Option {
+	return func(o *options) error {
+		if len(id) > 100 {
+			return fmt.Errorf("amqprpc: WithClientID: id longer than 100 bytes")
+		}
+		o.clientID = id
+		return nil
+	}
+}
+
+// WithReplyQueueExpiry sets how long the broker keeps a client's reply queue
+// once nobody consumes it (the queue's x-expires). It must outlast any
+// network outage the client should survive. Default: 5 minutes
+// ([DefaultReplyExpiry]). Values under one second are an error.
+func WithReplyQueueExpiry(d time.Duration) Option {
+	return func(o *options) error {
+		if d < time.Second {
+			return fmt.Errorf("amqprpc: WithReplyQueueExpiry(%v): must be at least 1s", d)
+		}
+		o.replyExpiry = d
+		return nil
+	}
+}
+
+// WithTLS sets the TLS configuration of amqps:// connections. Default: nil,
+// which means Go's defaults with certificate verification on; it is only
+// turned off by a config with InsecureSkipVerify set by the caller.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) error {
+		o.tls = cfg
+		return nil
+	}
+}
+
+// WithCallTimeout sets the deadline of calls that carry none of their own:
+// Call, Go, and CallContext with a context without deadline. A call that
+// gets no reply in time fails, and its request expires in the broker.
+// Default: 60 s ([DefaultCallTimeout]), as in amphora. Zero means no default
+// timeout; negative is an error.
+func WithCallTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("amqprpc: WithCallTimeout(%v): negative", d)
+		}
+		o.callTimeout = d
+		return nil
+	}
+}
+
+// WithHeartbeat sets the AMQP heartbeat interval, which detects a dead
+// broker or network. Default: 10 s ([DefaultHeartbeat]). Zero is an error
+// (without heartbeats a dead peer can go unnoticed for minutes).
+func WithHeartbeat(d time.Duration) Option {
+	return func(o *options) error {
+		if d < time.Second {
+			return fmt.Errorf("amqprpc: WithHeartbeat(%v): must be at least 1s", d)
+		}
+		o.heartbeat = d
+		return nil
+	}
+}
+
+// WithMaxBodySize sets the largest request body a server decodes; larger
+// requests are refused with an error reply. Default: 4 MiB
+// ([DefaultMaxBodySize]). Zero or negative is an error.
+func WithMaxBodySize(n int) Option {
+	return func(o *options) error {
+		if n <= 0 {
+			return fmt.Errorf("amqprpc: WithMaxBodySize(%d): must be positive", n)
+		}
+		o.maxBody = n
+		return nil
+	}
+}
+
+// WithConnectionName sets the name the broker's management UI shows for
+// the connections. Default: "amqprpc client <id>" or "amqprpc server".
+func WithConnectionName(name string) Option {
+	return func(o *options) error {
+		o.connName = name
+		return nil
+	}
+}

@@ -1,0 +1,178 @@
+package amqprpc
+
+import (
+	"context"
+	"fmt"
+	"net/rpc"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// 20 deferred calls run at once on one server (the tutorial's asynchronous
+// calls): each handler waits until all 20 are inside.
+func TestServerRunsCallsConcurrently(t *testing.T) {
+	ns := testNamespace(t)
+	b := newBarrier(20)
+	startServer(t, ns, newRPCServer(t, b))
+	c := dial(t, ns)
+
+	start := time.Now()
+	calls := make([]*rpc.Call, 20)
+	replies := make([]string, 20)
+	for i := range calls {
+		calls[i] = c.Go("Barrier.Meet", fmt.Sprint(i), &replies[i], nil)
+	}
+	for i, call := range calls {
+		<-call.Done
+		require.NoError(t, call.Error)
+		assert.Equal(t, fmt.Sprint(i), replies[i])
+	}
+	t.Logf("20 concurrent calls took %v", time.Since(start))
+	assert.Equal(t, 20, b.max)
+}
+
+// Two servers on one namespace share the calls: with prefetch 1 each, two
+// calls that wait for each other can only finish if each server takes one.
+func TestServersShareTheLoad(t *testing.T) {
+	ns := testNamespace(t)
+	b := newBarrier(2)
+	s1 := newRPCServer(t, b)
+	s2 := newRPCServer(t, b)
+	startServer(t, ns, s1, WithPrefetch(1))
+	startServer(t, ns, s2, WithPrefetch(1))
+	c := dial(t, ns)
+	a := c.Go("Barrier.Meet", "a", new(string), nil)
+	bb := c.Go("Barrier.Meet", "b", new(string), nil)
+	<-a.Done
+	<-bb.Done
+	require.NoError(t, a.Error)
+	require.NoError(t, bb.Error)
+}
+
+// A server that dies mid-call has not acked the request (acks follow the
+// reply's confirm), so the broker gives it to another server.
+func TestServerDiesMidCall(t *testing.T) {
+	ns := testNamespace(t)
+	stuck := newGate()
+	dying, err := NewServer(brokerURL(), ns, newRPCServer(t, stuck))
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- dying.Serve(context.Background()) }()
+
+	c := dial(t, ns)
+	var reply string
+	call := c.Go("Gate.Wait", "x", &reply, nil)
+	<-stuck.entered
+	// Cut the dying server's connections as a crash would.
+	for _, conn := range dying.conns {
+		require.NoError(t, conn.Close())
+	}
+	close(stuck.release) // its handler finishes, but can no longer reply
+	require.Error(t, <-served, "Serve reports the lost connection")
+
+	healthy := newGate()
+	close(healthy.release)
+	startServer(t, ns, newRPCServer(t, healthy))
+	<-call.Done
+	require.NoError(t, call.Error)
+	assert.Equal(t, "done x", reply)
+	assert.Equal(t, int32(1), healthy.ran.Load())
+	_ = dying.Close()
+}
+
+// Close lets running handlers reply, returns unstarted requests to the queue
+// and stops every goroutine it started.
+func TestServerGracefulClose(t *testing.T) {
+	needBroker(t)
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // runs after every other cleanup
+	ns := testNamespace(t)
+	g := newGate()
+	s, err := NewServer(brokerURL(), ns, newRPCServer(t, g), WithPrefetch(1))
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(context.Background()) }()
+
+	c, err := Dial(brokerURL(), ns)
+	require.NoError(t, err)
+	var first, second string
+	call1 := c.Go("Gate.Wait", "first", &first, nil)
+	<-g.entered
+	call2 := c.Go("Gate.Wait", "second", &second, nil)
+
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case <-served:
+		t.Fatal("Serve returned while a handler was running")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(g.release)
+	require.NoError(t, <-closed)
+	require.NoError(t, <-served)
+	require.NoError(t, s.Close(), "Close is idempotent")
+	require.ErrorIs(t, s.Serve(context.Background()), ErrClosed)
+
+	<-call1.Done
+	require.NoError(t, call1.Error, "the running call got its reply")
+	assert.Equal(t, "done first", first)
+	assert.Equal(t, int32(1), g.ran.Load(), "the second call did not start")
+	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 10*time.Millisecond,
+		"the unstarted request is back in the queue")
+
+	next := newGate()
+	close(next.release)
+	s2, err := NewServer(brokerURL(), ns, newRPCServer(t, next))
+	require.NoError(t, err)
+	go func() { served <- s2.Serve(context.Background()) }()
+	<-call2.Done
+	require.NoError(t, call2.Error)
+	assert.Equal(t, "done second", second)
+	require.NoError(t, s2.Close())
+	require.NoError(t, <-served)
+	require.NoError(t, c.Close())
+}
+
+// Serve returns when its context ends, and can be called again.
+func TestServeContext(t *testing.T) {
+	ns := testNamespace(t)
+	s, err := NewServer(brokerURL(), ns, newRPCServer(t, new(Math)))
+	require.NoError(t, err)
+	defer s.Close()
+	c := dial(t, ns)
+
+	for i := 0; i < 2; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		served := make(chan error, 1)
+		go func() { served <- s.Serve(ctx) }()
+		var sum int
+		require.NoError(t, c.Call("Math.SumNumbers", []int{i, 1}, &sum))
+		assert.Equal(t, i+1, sum)
+		cancel()
+		require.NoError(t, <-served)
+	}
+}
+
+func TestServeTwice(t *testing.T) {
+	ns := testNamespace(t)
+	s := startServer(t, ns, newRPCServer(t, new(Math)))
+	c := dial(t, ns)
+	require.NoError(t, c.Call("Math.SumNumbers", []int{1}, new(int))) // Serve is running now
+	assert.ErrorIs(t, s.Serve(context.Background()), ErrServing)
+}
+
+// rpc.DefaultServer is used when rcvr is nil.
+func TestDefaultServer(t *testing.T) {
+	ns := testNamespace(t)
+	type Echo struct{ Math }
+	require.NoError(t, rpc.RegisterName("Echo"+ns, new(Math)))
+	startServer(t, ns, nil)
+	c := dial(t, ns)
+	var sum int
+	require.NoError(t, c.Call("Echo"+ns+".SumNumbers", []int{2, 2}, &sum))
+	assert.Equal(t, 4, sum)
+}

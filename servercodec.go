@@ -1,0 +1,258 @@
+package amqprpc
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/rpc"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/amqprpc/amqprpc/codec"
+	"github.com/amqprpc/amqprpc/internal/transport"
+)
+
+// request is a delivery the server codec has handed to net/rpc and not yet
+// settled (acked or rejected).
+type request struct {
+	d     amqp.Delivery
+	codec codec.Codec
+	bad   bool // its body did not decode: reject rather than ack
+}
+
+// serverCodec is the rpc.ServerCodec behind Server; see NewServerCodec.
+type serverCodec struct {
+	names
+	custom     codec.Codec // accepted besides the built-in codecs
+	maxBody    int
+	log        *slog.Logger
+	pub        *transport.Publisher
+	deliveries <-chan amqp.Delivery
+	release    func() error // stops consuming (unacked deliveries go back), once
+
+	stopping  chan struct{} // closed by stop: no further reads
+	stopOnce  sync.Once
+	closeOnce sync.Once
+	closeErr  error
+	lost      error          // set by the reader when deliveries ended on their own
+	inflight  sync.WaitGroup // requests read and not yet settled
+
+	mu sync.Mutex
+	// protects pending
+	pending map[uint64]*request
+
+	// Read side: net/rpc reads header/body pairs from one goroutine.
+	seq uint64
+	cur *request
+}
+
+type serverCodecConfig struct {
+	names
+	opts       *options
+	pub        *transport.Publisher
+	deliveries <-chan amqp.Delivery
+	release    func() error
+}
+
+func newServerCodec(cfg serverCodecConfig) *serverCodec {
+	return &serverCodec{
+		names:      cfg.names,
+		custom:     cfg.opts.codec,
+		maxBody:    cfg.opts.maxBody,
+		log:        cfg.opts.logger,
+		pub:        cfg.pub,
+		deliveries: cfg.deliveries,
+		release:    cfg.release,
+		stopping:   make(chan struct{}),
+		pending:    make(map[uint64]*request),
+	}
+}
+
+// stop makes ReadRequestHeader return io.EOF, so net/rpc's ServeCodec waits
+// for its running handlers and then calls Close.
+func (c *serverCodec) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }
+
+// ReadRequestHeader returns the next well-formed request. A malformed one is
+// refused inside the codec (an error reply where it has a reply address, and
+// a reject without requeue) and never returned as an error, which would end
+// ServeCodec. It blocks until a request arrives, stop is called (io.EOF) or
+// the consumer ends (io.EOF; the cause is kept for Serve).
+func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
+	c.cur = nil
+	for {
+		select {
+		case <-c.stopping:
+			return io.EOF
+		default:
+		}
+		select {
+		case <-c.stopping:
+			return io.EOF
+		case d, ok := <-c.deliveries:
+			if !ok {
+				c.lost = errConsumerEnded
+				return io.EOF
+			}
+			req := &request{d: d}
+			if reason := c.check(req); reason != "" {
+				c.refuse(req, reason)
+				continue
+			}
+			c.seq++
+			c.inflight.Add(1)
+			c.mu.Lock()
+			c.pending[c.seq] = req
+			c.mu.Unlock()
+			c.cur = req
+			*r = rpc.Request{ServiceMethod: d.Type, Seq: c.seq}
+			return nil
+		}
+	}
+}
+
+// check returns why req cannot be served, or "".
+func (c *serverCodec) check(req *request) string {
+	d := &req.d
+	switch {
+	case d.ReplyTo == "" || d.CorrelationId == "":
+		return "request without reply_to or correlation_id"
+	case d.Type == "":
+		return "request without type (the service method)"
+	case len(d.Body) > c.maxBody:
+		return fmt.Sprintf("request body of %d bytes exceeds the limit of %d", len(d.Body), c.maxBody)
+	}
+	cd, ok := codec.ByContentType(d.ContentType, c.custom)
+	if !ok {
+		return fmt.Sprintf("request has unknown content type %q", d.ContentType)
+	}
+	req.codec = cd
+	return ""
+}
+
+// refuse answers a malformed request with an error reply, if it has a reply
+// address, and rejects it without requeue (to the dead-letter exchange, if
+// the queue has one), so it cannot loop.
+func (c *serverCodec) refuse(req *request, reason string) {
+	c.log.Warn("amqprpc: refused request", "reason", reason,
+		"type", req.d.Type, "correlation_id", req.d.CorrelationId)
+	req.bad = true
+	if req.d.ReplyTo == "" || req.d.CorrelationId == "" {
+		c.settle(req, false)
+		return
+	}
+	c.inflight.Add(1)
+	c.publishReply(req, "amqprpc: "+reason, nil)
+}
+
+// ReadRequestBody decodes the current request's args into body; a nil body
+// discards them. A body that does not decode is answered by net/rpc with an
+// error reply, and the request is then rejected instead of acked.
+func (c *serverCodec) ReadRequestBody(body any) error {
+	req := c.cur
+	c.cur = nil
+	if req == nil || body == nil {
+		return nil
+	}
+	if err := req.codec.Unmarshal(req.d.Body, body); err != nil {
+		req.bad = true
+		return fmt.Errorf("amqprpc: decoding args: %w", err)
+	}
+	return nil
+}
+
+// WriteResponse publishes the reply of request r.Seq to the response
+// exchange, routed by the request's reply_to. It does not wait for the
+// broker: the request is acked once the reply is confirmed (or requeued if
+// the broker refuses the reply), so a crash before that loses nothing.
+// net/rpc serialises calls to it.
+func (c *serverCodec) WriteResponse(r *rpc.Response, body any) error {
+	c.mu.Lock()
+	req := c.pending[r.Seq]
+	delete(c.pending, r.Seq)
+	c.mu.Unlock()
+	if req == nil {
+		return fmt.Errorf("amqprpc: response to unknown request %d", r.Seq)
+	}
+	if r.Error != "" {
+		return c.publishReply(req, r.Error, nil)
+	}
+	data, err := req.codec.Marshal(body)
+	if err != nil {
+		return c.publishReply(req, "amqprpc: encoding reply: "+err.Error(), nil)
+	}
+	return c.publishReply(req, "", data)
+}
+
+// publishReply sends the reply (errText or body) of req and settles req once
+// the broker confirms it. The caller has counted req in inflight.
+func (c *serverCodec) publishReply(req *request, errText string, body []byte) error {
+	msg := amqp.Publishing{
+		CorrelationId: req.d.CorrelationId,
+		Type:          req.d.Type,
+		Expiration:    req.d.Expiration, // a reply is worth no more than its request
+		Body:          body,
+	}
+	if req.codec != nil { // nil: the request's content type was unknown
+		msg.ContentType = req.codec.ContentType()
+	}
+	if errText != "" {
+		msg.Headers = amqp.Table{headerError: errText}
+	}
+	// Replies only ever go to this namespace's response exchange: reply_to
+	// is a routing key there, whatever it says.
+	err := c.pub.Publish(context.Background(), c.responseExchange, req.d.ReplyTo, false, msg, func(ack bool) {
+		c.settle(req, ack)
+	})
+	if err != nil {
+		c.settle(req, false)
+	}
+	return err
+}
+
+// settle acks req (rejects it if it was malformed) once its reply is
+// confirmed; without confirm it requeues a good request for another try.
+func (c *serverCodec) settle(req *request, confirmed bool) {
+	defer c.inflight.Done()
+	var err error
+	switch {
+	case req.bad:
+		err = req.d.Reject(false)
+	case confirmed:
+		err = req.d.Ack(false)
+	default:
+		err = req.d.Nack(false, true)
+	}
+	if err != nil {
+		c.log.Debug("amqprpc: settling a request failed; the broker requeues it",
+			"correlation_id", req.d.CorrelationId, "err", err)
+	}
+}
+
+// closeWait bounds how long Close waits for the confirms of replies already
+// published.
+const closeWait = 30 * time.Second
+
+// Close waits until every reply already written is confirmed and its request
+// settled (at most closeWait), then stops consuming: deliveries not yet read
+// go back to the queue. net/rpc's ServeCodec calls it once its handlers are
+// done. It is idempotent.
+func (c *serverCodec) Close() error {
+	c.closeOnce.Do(func() {
+		c.stop()
+		settled := make(chan struct{})
+		go func() { c.inflight.Wait(); close(settled) }()
+		select {
+		case <-settled:
+		case <-time.After(closeWait):
+			c.log.Warn("amqprpc: closing with replies still unconfirmed; their requests will be redelivered")
+		case <-c.pub.Done():
+		}
+		if c.release != nil {
+			c.closeErr = c.release()
+		}
+	})
+	return c.closeErr
+}

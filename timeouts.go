@@ -1,0 +1,51 @@
+package amqprpc
+
+import "time"
+
+// pendingCall is a call the client codec has sent and not yet completed.
+type pendingCall struct {
+	seq   uint64
+	reply any // decoded into while reading the header; nil: in ReadResponseBody
+
+	// deadline is set for calls that nobody else watches (Go, and plain
+	// net/rpc users of NewClientCodec): the codec itself fails them when it
+	// passes. Such calls sit in the codec's timeout list, oldest first.
+	deadline   time.Time
+	prev, next *pendingCall
+}
+
+// timeoutList is a doubly-linked list of pending calls ordered by deadline.
+// Every call in it gets the same timeout at the moment net/rpc serialises its
+// write, so appending keeps the order and one timer for the head serves all:
+// no timer or goroutine per call. Its user holds the lock that guards it.
+type timeoutList struct {
+	head, tail *pendingCall
+}
+
+func (l *timeoutList) push(p *pendingCall) {
+	p.prev, p.next = l.tail, nil
+	if l.tail != nil {
+		l.tail.next = p
+	} else {
+		l.head = p
+	}
+	l.tail = p
+}
+
+// remove unlinks p; it is a no-op for a call that is not in the list.
+func (l *timeoutList) remove(p *pendingCall) {
+	if p.prev == nil && l.head != p {
+		return
+	}
+	if p.prev != nil {
+		p.prev.next = p.next
+	} else {
+		l.head = p.next
+	}
+	if p.next != nil {
+		p.next.prev = p.prev
+	} else {
+		l.tail = p.prev
+	}
+	p.prev, p.next = nil, nil
+}

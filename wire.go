@@ -1,0 +1,61 @@
+package amqprpc
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The AMQP mapping of a net/rpc call (see doc.go, "Wire format"):
+//
+//	type            ServiceMethod ("Math.SumNumbers")
+//	correlation_id  <random per-client prefix>.<net/rpc seq>
+//	message_id      same as correlation_id on requests
+//	reply_to        the client id: a routing key on rpc_<ns>_response
+//	content_type    the body's codec
+//	expiration      the caller's remaining time, in milliseconds
+//	headers[error]  on replies, the error text of a failed call
+//	body            args, or reply; empty on error replies
+const headerError = "error"
+
+// randomHex returns n random bytes from crypto/rand as 2n hex characters.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic("amqprpc: crypto/rand: " + err.Error()) // crypto/rand does not fail on supported systems
+	}
+	return hex.EncodeToString(b)
+}
+
+// correlationID is prefix (which ends in ".") followed by seq in decimal.
+func correlationID(prefix string, seq uint64) string {
+	b := make([]byte, 0, len(prefix)+20)
+	b = append(b, prefix...)
+	return string(strconv.AppendUint(b, seq, 10))
+}
+
+// parseCorrelationID returns the seq of an id made by correlationID with the
+// same prefix; ok is false for anything else.
+func parseCorrelationID(prefix, id string) (seq uint64, ok bool) {
+	rest, found := strings.CutPrefix(id, prefix)
+	if !found {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(rest, 10, 64)
+	return seq, err == nil
+}
+
+// expiration renders the time left until deadline as an AMQP per-message
+// TTL; it is "" (no TTL) for a zero deadline and at least "1".
+func expiration(deadline time.Time) string {
+	if deadline.IsZero() {
+		return ""
+	}
+	ms := time.Until(deadline).Milliseconds()
+	if ms < 1 {
+		ms = 1
+	}
+	return strconv.FormatInt(ms, 10)
+}
