@@ -139,12 +139,12 @@ func (c *serverCodec) refuse(req *request, reason string) {
 	c.log.Warn("amqprpc: refused request", "reason", reason,
 		"type", req.d.Type, "correlation_id", req.d.CorrelationId)
 	req.bad = true
+	c.inflight.Add(1)
 	if req.d.ReplyTo == "" || req.d.CorrelationId == "" {
 		c.settle(req, false)
 		return
 	}
-	c.inflight.Add(1)
-	c.publishReply(req, "amqprpc: "+reason, nil)
+	_ = c.publishReply(req, "amqprpc: "+reason, nil)
 }
 
 // ReadRequestBody decodes the current request's args into body; a nil body

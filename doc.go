@@ -1,0 +1,109 @@
+// Package amqprpc makes standard net/rpc services callable across processes
+// through a RabbitMQ broker (AMQP 0-9-1). It is the Go take on amphora, a
+// Python AMQP RPC library, and follows its tutorial and topology.
+//
+// # Overview
+//
+// A server registers receivers on a [rpc.Server] as usual and serves them to
+// one namespace; any number of server processes can serve the same
+// namespace, and the broker shares the calls among them:
+//
+//	rpc.Register(new(Math))
+//	server, err := amqprpc.NewServer(url, "math", nil) // nil: rpc.DefaultServer
+//	err = server.Serve(ctx)                           // until ctx ends or Close
+//
+// A client replaces rpc.Dial with [Dial]; Call and Go work as with
+// [rpc.Client], and [Client.CallContext] adds a context:
+//
+//	client, err := amqprpc.Dial(url, "math")
+//	err = client.Call("Math.SumNumbers", []float64{1, 2, 3, 4}, &sum)
+//
+// Both return once their queues and exchanges exist: a call made before any
+// server runs waits in the broker.
+//
+// [NewClientCodec] and [NewServerCodec] are the underlying net/rpc codecs
+// (the [rpc.ClientCodec] and [rpc.ServerCodec] contract), for use with
+// [rpc.NewClientWithCodec] and [rpc.ServeCodec] on a connection of your own.
+// Note the two meanings of "codec": package codec holds the body encodings
+// (msgpack, JSON, gob); a *Codec in this package moves whole calls.
+//
+// # Topology
+//
+// For namespace S and a client with id U:
+//
+//	object             name                 kind
+//	request exchange   rpc_S_request        direct, durable
+//	response exchange  rpc_S_response       direct, durable
+//	request queue      rpc_S_request        durable, bound to rpc_S_request with key ""
+//	reply queue        rpc_S_U_response     durable, x-expires (WithReplyQueueExpiry),
+//	                                        bound to rpc_S_response with key U
+//
+// Servers and clients both declare the exchanges and the request queue.
+// A request's reply_to is U, a routing key: servers only ever publish
+// replies to rpc_S_response.
+//
+// # Wire format
+//
+// A call is one message each way, readable in the management UI:
+//
+//	property        request                         reply
+//	type            "Service.Method"                same
+//	correlation_id  <random client prefix>.<seq>    copied from the request
+//	message_id      same as correlation_id          -
+//	reply_to        U                               -
+//	content_type    the codec, e.g. application/msgpack (replies use the request's)
+//	expiration      the caller's time left, in ms   the request's
+//	headers         -                               error: the error text, if any
+//	body            args                            reply (empty on error)
+//
+// # Codecs
+//
+// A [codec.Codec] encodes bodies; msgpack is the default ([WithCodec]). A
+// server decodes each request with the codec its content_type names and
+// answers in the same one, so clients with different codecs share servers.
+// gob is not hardened against hostile input; use it between trusted peers.
+//
+// # Concurrency
+//
+// A Client is safe for concurrent use; calls are multiplexed on one reply
+// queue with one consumer. A Server runs up to its prefetch ([WithPrefetch],
+// default 128) handlers at once, each in its own goroutine (as net/rpc
+// does). Publishing never waits for broker confirms inside net/rpc's write
+// lock: confirms are handled asynchronously.
+//
+// # Delivery guarantees
+//
+// A server acks a request only after the broker confirmed its reply. If the
+// server dies before that, the broker redelivers the request to another
+// server, so a handler can run more than once for one call (at-least-once):
+// handlers should tolerate that. A malformed request is answered with an
+// error where it has a reply address and rejected without requeue.
+//
+// # Deadlines
+//
+// [Client.CallContext] returns ctx.Err() as soon as ctx ends and frees the
+// call; a late reply is dropped. The remaining time travels as the
+// request's expiration, so a request nobody waits for expires in the
+// broker. Call, Go and contexts without deadline use the default call
+// timeout ([WithCallTimeout], 60 s).
+//
+// # Errors
+//
+// A handler's error crosses the wire as text and reaches the caller as an
+// [rpc.ServerError], as in net/rpc; so does an unknown method. Calls on a
+// closed client fail with [rpc.ErrShutdown]. Call and CallContext time-outs
+// match context.DeadlineExceeded with errors.Is; a Go call that times out
+// completes with an rpc.ServerError that says so. Broker errors are wrapped,
+// so errors.As(err, new(*amqp.Error)) works.
+//
+// # Shutdown and connections
+//
+// [Server.Close] (or the end of Serve's context) stops taking requests,
+// waits for running handlers to reply, and lets unstarted requests go back
+// to the queue. [Client.Close] fails pending calls with rpc.ErrShutdown.
+// Both are idempotent and stop every goroutine they started. Clients and
+// servers use two connections each, one to publish and one to consume, with
+// AMQP heartbeats ([WithHeartbeat], 10 s). A lost connection currently ends
+// Serve with an error and shuts the client down; automatic reconnection is
+// planned.
+package amqprpc

@@ -1,0 +1,183 @@
+package amqprpc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"math"
+	"net/rpc"
+	"os"
+	"time"
+
+	"github.com/amqprpc/amqprpc"
+)
+
+// Math is the service of amphora's tutorial.
+type Math struct{}
+
+type Cathetuses struct{ A, B float64 }
+
+func (*Math) SumNumbers(nums []float64, sum *float64) error {
+	for _, n := range nums {
+		*sum += n
+	}
+	return nil
+}
+
+func (*Math) Hypotenuse(c Cathetuses, h *float64) error {
+	if c.A < 0 || c.B < 0 {
+		return fmt.Errorf("a cathetus cannot be negative: %v, %v", c.A, c.B)
+	}
+	*h = math.Hypot(c.A, c.B)
+	return nil
+}
+
+func (*Math) SlowSquare(x float64, sq *float64) error {
+	time.Sleep(300 * time.Millisecond)
+	*sq = x * x
+	return nil
+}
+
+func brokerURL() string {
+	if u := os.Getenv("AMQP_URL"); u != "" {
+		return u
+	}
+	return "amqp://guest:guest@127.0.0.1:5672/"
+}
+
+// startMathServer runs a server of Math in namespace ns, as a separate
+// process would; stop ends it.
+func startMathServer(ns string) (stop func()) {
+	services := rpc.NewServer()
+	if err := services.Register(new(Math)); err != nil {
+		log.Fatal(err)
+	}
+	server, err := amqprpc.NewServer(brokerURL(), ns, services)
+	if err != nil {
+		log.Fatal(err)
+	}
+	go server.Serve(context.Background())
+	return func() { server.Close() }
+}
+
+// The tutorial's simple usage: a server process serves Math, a client calls
+// it. Any number of servers may serve the namespace.
+func ExampleDial() {
+	stop := startMathServer("example_dial")
+	defer stop()
+
+	client, err := amqprpc.Dial(brokerURL(), "example_dial")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	var sum float64
+	if err := client.Call("Math.SumNumbers", []float64{1, 2, 3, 4}, &sum); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(sum)
+
+	var h float64
+	if err := client.Call("Math.Hypotenuse", Cathetuses{3, 4}, &h); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(h)
+	// Output:
+	// 10
+	// 5
+}
+
+// A handler's error reaches the caller as an rpc.ServerError, and the client
+// keeps working.
+func ExampleClient_Call_remoteError() {
+	stop := startMathServer("example_error")
+	defer stop()
+	client, err := amqprpc.Dial(brokerURL(), "example_error")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	var h float64
+	err = client.Call("Math.Hypotenuse", Cathetuses{-3, 4}, &h)
+	var remote rpc.ServerError
+	fmt.Println(errors.As(err, &remote), err)
+
+	err = client.Call("Math.Cube", 3.0, &h)
+	fmt.Println(err)
+	// Output:
+	// true a cathetus cannot be negative: -3, 4
+	// rpc: can't find method Math.Cube
+}
+
+// Deferred calls: Go returns at once, the servers run the calls
+// concurrently, and each Call's Done channel says when it is complete.
+func ExampleClient_Go() {
+	stop := startMathServer("example_go")
+	defer stop()
+	client, err := amqprpc.Dial(brokerURL(), "example_go")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	squares := make([]float64, 4)
+	calls := make([]*rpc.Call, 4)
+	for i := range calls {
+		calls[i] = client.Go("Math.SlowSquare", float64(i+1), &squares[i], nil)
+	}
+	// ... do other work while the four 300 ms calls run at once ...
+	for i, call := range calls {
+		<-call.Done
+		if call.Error != nil {
+			log.Fatal(call.Error)
+		}
+		fmt.Println(i+1, squares[i])
+	}
+	// Output:
+	// 1 1
+	// 2 4
+	// 3 9
+	// 4 16
+}
+
+// CallContext bounds a call by its context: the caller gets ctx.Err() when
+// the deadline passes, and the request expires in the broker.
+func ExampleClient_CallContext() {
+	stop := startMathServer("example_ctx")
+	defer stop()
+	client, err := amqprpc.Dial(brokerURL(), "example_ctx")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	var sq float64
+	err = client.CallContext(ctx, "Math.SlowSquare", 3.0, &sq)
+	fmt.Println(errors.Is(err, context.DeadlineExceeded))
+	// Output:
+	// true
+}
+
+// A server runs until its context ends or Close; rpc.Register'd receivers
+// are served when rcvr is nil.
+func ExampleNewServer() {
+	if err := rpc.Register(new(Math)); err != nil {
+		log.Fatal(err)
+	}
+	server, err := amqprpc.NewServer(brokerURL(), "example_server", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer server.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	fmt.Println(server.Serve(ctx)) // blocks until ctx ends
+	// Output:
+	// <nil>
+}

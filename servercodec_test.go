@@ -1,0 +1,149 @@
+package amqprpc
+
+import (
+	"net/rpc"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// rawPeer is a hand-written AMQP client of namespace ns: it sends requests
+// with any properties and reads the replies routed to key "rawpeer".
+type rawPeer struct {
+	t       *testing.T
+	ns      string
+	ch      *amqp.Channel
+	replies <-chan amqp.Delivery
+}
+
+func newRawPeer(t *testing.T, ns string) *rawPeer {
+	ch := rawChannel(t)
+	n, _ := newNames(ns)
+	require.NoError(t, n.declareRequestSide(ch))
+	q, err := ch.QueueDeclare("", false, true, true, false, nil) // exclusive
+	require.NoError(t, err)
+	require.NoError(t, ch.QueueBind(q.Name, "rawpeer", n.responseExchange, false, nil))
+	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	require.NoError(t, err)
+	return &rawPeer{t: t, ns: ns, ch: ch, replies: replies}
+}
+
+func (p *rawPeer) send(msg amqp.Publishing) {
+	require.NoError(p.t, p.ch.Publish("rpc_"+p.ns+"_request", "", false, false, msg))
+}
+
+func (p *rawPeer) reply() amqp.Delivery {
+	select {
+	case d := <-p.replies:
+		return d
+	case <-time.After(10 * time.Second):
+		p.t.Fatal("no reply")
+		return amqp.Delivery{}
+	}
+}
+
+// The server answers in the request's codec, with the request's
+// correlation id, routed by reply_to.
+func TestServerWireMapping(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, new(Math)))
+	p := newRawPeer(t, ns)
+
+	p.send(amqp.Publishing{Type: "Math.SumNumbers", ReplyTo: "rawpeer", CorrelationId: "c1",
+		ContentType: "application/json", Body: []byte("[1,2,3,4]")})
+	d := p.reply()
+	assert.Equal(t, "c1", d.CorrelationId)
+	assert.Equal(t, "application/json", d.ContentType)
+	assert.Equal(t, "Math.SumNumbers", d.Type)
+	assert.Equal(t, "10", string(d.Body))
+	assert.NotContains(t, d.Headers, "error")
+
+	p.send(amqp.Publishing{Type: "Math.Hypotenuse", ReplyTo: "rawpeer", CorrelationId: "c2",
+		ContentType: "application/json", Body: []byte(`{"A":-1,"B":1}`)})
+	d = p.reply()
+	assert.Equal(t, "c2", d.CorrelationId)
+	assert.Equal(t, "negative cathetus: {-1 1}", d.Headers["error"])
+	assert.Empty(t, d.Body)
+}
+
+// Malformed requests get an error reply where they have a reply address,
+// leave the queue, and the next good call works.
+func TestServerRefusesMalformedRequests(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, new(Math)), WithMaxBodySize(1024))
+	p := newRawPeer(t, ns)
+
+	cases := []struct {
+		name string
+		msg  amqp.Publishing
+		want string // in the error header
+	}{
+		{"no type", amqp.Publishing{ReplyTo: "rawpeer", CorrelationId: "a", ContentType: "application/json", Body: []byte("1")},
+			"without type"},
+		{"unknown content type", amqp.Publishing{Type: "Math.SumNumbers", ReplyTo: "rawpeer", CorrelationId: "b", ContentType: "text/x-nope", Body: []byte("1")},
+			`unknown content type "text/x-nope"`},
+		{"too large", amqp.Publishing{Type: "Math.SumNumbers", ReplyTo: "rawpeer", CorrelationId: "c", ContentType: "application/json", Body: make([]byte, 2048)},
+			"exceeds the limit of 1024"},
+		{"undecodable body", amqp.Publishing{Type: "Math.SumNumbers", ReplyTo: "rawpeer", CorrelationId: "d", ContentType: "application/msgpack", Body: []byte{0xc1}},
+			"decoding args"},
+		{"unknown method", amqp.Publishing{Type: "Math.Nope", ReplyTo: "rawpeer", CorrelationId: "e", ContentType: "application/json", Body: []byte("1")},
+			"Math.Nope"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p.t = t
+			p.send(tc.msg)
+			d := p.reply()
+			assert.Equal(t, tc.msg.CorrelationId, d.CorrelationId)
+			assert.Contains(t, d.Headers["error"], tc.want)
+		})
+	}
+	p.t = t
+	// Without a reply address there is no one to answer: the request is
+	// dropped from the queue all the same.
+	p.send(amqp.Publishing{Type: "Math.SumNumbers", ContentType: "application/json", Body: []byte("[1]")})
+	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
+
+	c := dial(t, ns)
+	var sum int
+	require.NoError(t, c.Call("Math.SumNumbers", []int{1, 2}, &sum))
+	assert.Equal(t, 3, sum)
+	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
+}
+
+// NewClientCodec and NewServerCodec work with plain net/rpc.
+func TestPlainNetRPCCodecs(t *testing.T) {
+	ns := testNamespace(t)
+	conn, err := amqp.Dial(brokerURL())
+	require.NoError(t, err)
+	defer conn.Close()
+
+	sc, err := NewServerCodec(conn, ns)
+	require.NoError(t, err)
+	served := make(chan struct{})
+	go func() { newRPCServer(t, new(Math)).ServeCodec(sc); close(served) }()
+
+	cc, err := NewClientCodec(conn, ns, WithCallTimeout(5*time.Second))
+	require.NoError(t, err)
+	client := rpc.NewClientWithCodec(cc)
+
+	var sum int
+	require.NoError(t, client.Call("Math.SumNumbers", []int{1, 2, 3, 4}, &sum))
+	assert.Equal(t, 10, sum)
+	var h float64
+	assert.Equal(t, rpc.ServerError("negative cathetus: {-1 0}"), client.Call("Math.Hypotenuse", Pair{-1, 0}, &h))
+	require.NoError(t, client.Call("Math.Hypotenuse", Pair{3, 4}, &h))
+	assert.Equal(t, 5.0, h)
+
+	require.NoError(t, client.Close())
+	assert.ErrorIs(t, client.Call("Math.SumNumbers", []int{1}, &sum), rpc.ErrShutdown)
+	require.NoError(t, conn.Close())
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ServeCodec did not return after its connection closed")
+	}
+}
