@@ -1,6 +1,6 @@
 module github.com/amqprpc/amqprpc
 
-go 1.26.8
+go 1.24
 
 require (
 	github.com/rabbitmq/amqp091-go v1.16.0
