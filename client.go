@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/rpc"
 	"sync"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -20,7 +21,7 @@ type Client struct {
 
 	codec     *clientCodec
 	id        string
-	conns     []*amqp.Connection // publishing, consuming
+	sendMu    sync.Mutex // pairs codec.next with its call
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -52,11 +53,11 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 		name = "amqprpc client " + id
 	}
 	cfg := transport.Config{TLS: o.tls, Heartbeat: o.heartbeat, Name: name}
-	pubConn, err := transport.Dial(url, cfg)
+	pubConn, err := transport.Open(url, cfg, o.logger)
 	if err != nil {
 		return nil, err
 	}
-	subConn, err := transport.Dial(url, cfg)
+	subConn, err := transport.Open(url, cfg, o.logger)
 	if err != nil {
 		_ = pubConn.Close()
 		return nil, err
@@ -67,18 +68,19 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 		_ = subConn.Close()
 		return nil, err
 	}
+	cc.release = joinClose(cc.release, pubConn.Close, subConn.Close)
 	return &Client{
 		Client: rpc.NewClientWithCodec(cc),
 		codec:  cc,
 		id:     id,
-		conns:  []*amqp.Connection{pubConn, subConn},
 	}, nil
 }
 
 // NewClientCodec returns a net/rpc client codec for namespace on conn, for
 // use with rpc.NewClientWithCodec. It declares the same topology as Dial and
 // consumes the client's reply queue on conn. Closing the codec (through
-// rpc.Client.Close) closes its channels, not conn. It does not reconnect.
+// rpc.Client.Close) closes its channels, not conn. It does not reconnect:
+// once conn is lost the rpc.Client shuts down.
 //
 // It follows net/rpc's codec contract: net/rpc serialises WriteRequest
 // calls and reads header/body pairs from one goroutine; a body read into
@@ -99,40 +101,37 @@ func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 	if id == "" {
 		id = randomHex(8)
 	}
-	return newClientCodecOn(conn, conn, namespace, n, id, o)
-}
-
-// newClientCodecOn declares the client's topology on subConn, consumes its
-// reply queue there and publishes on pubConn.
-func newClientCodecOn(pubConn, subConn *amqp.Connection, namespace string, n names, id string, o *options) (*clientCodec, error) {
-	ch, err := subConn.Channel()
+	tc := transport.Wrap(conn, o.logger)
+	cc, err := newClientCodecOn(tc, tc, namespace, n, id, o)
 	if err != nil {
-		return nil, fmt.Errorf("amqprpc: open channel: %w", err)
-	}
-	queue := n.replyQueue(namespace, id)
-	deliveries, err := func() (<-chan amqp.Delivery, error) {
-		if err := n.declareRequestSide(ch); err != nil {
-			return nil, err
-		}
-		if err := n.declareReplyQueue(ch, queue, id, o.replyExpiry); err != nil {
-			return nil, err
-		}
-		if err := ch.Qos(o.prefetch*8, 0, false); err != nil {
-			return nil, fmt.Errorf("amqprpc: qos: %w", err)
-		}
-		d, err := ch.Consume(queue, "", false, false, false, false, nil)
-		if err != nil {
-			return nil, fmt.Errorf("amqprpc: consume %s: %w", queue, err)
-		}
-		return d, nil
-	}()
-	if err != nil {
-		_ = ch.Close()
+		_ = tc.Close()
 		return nil, err
 	}
-	pub, err := transport.NewPublisher(pubConn)
+	cc.release = joinClose(cc.release, tc.Close)
+	return cc, nil
+}
+
+// newClientCodecOn declares the client's topology and consumes its reply
+// queue on subConn, and publishes on pubConn; it redoes both after every
+// reconnection.
+func newClientCodecOn(pubConn, subConn *transport.Conn, namespace string, n names, id string, o *options) (*clientCodec, error) {
+	queue := n.replyQueue(namespace, id)
+	replies, err := subConn.Consume(transport.ConsumerConfig{
+		Queue:    queue,
+		Prefetch: replyPrefetch,
+		Setup: func(ch *amqp.Channel) error {
+			if err := n.declareRequestSide(ch); err != nil {
+				return err
+			}
+			return n.declareReplyQueue(ch, queue, id, o.replyExpiry)
+		},
+	})
 	if err != nil {
-		_ = ch.Close()
+		return nil, err
+	}
+	pub, err := transport.NewPublisher(pubConn, o.logger, n.declareExchanges)
+	if err != nil {
+		_ = replies.Close()
 		return nil, err
 	}
 	return newClientCodec(clientCodecConfig{
@@ -140,20 +139,25 @@ func newClientCodecOn(pubConn, subConn *amqp.Connection, namespace string, n nam
 		clientID:   id,
 		opts:       o,
 		pub:        pub,
-		deliveries: deliveries,
-		release: func() error {
-			return errors.Join(closeChannel(ch), pub.Close())
-		},
+		deliveries: replies.Deliveries(),
+		release:    joinClose(replies.Close, pub.Close),
 	}), nil
 }
 
-// closeChannel closes ch; a channel already closed (with its connection) is
-// not an error.
-func closeChannel(ch *amqp.Channel) error {
-	if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
-		return fmt.Errorf("amqprpc: close channel: %w", err)
+// replyPrefetch bounds the replies in flight to one client: enough that the
+// broker never waits for the client's acks.
+const replyPrefetch = 1024
+
+// joinClose returns a func that calls each of fns in order and joins their
+// errors.
+func joinClose(fns ...func() error) func() error {
+	return func() error {
+		var errs []error
+		for _, f := range fns {
+			errs = append(errs, f())
+		}
+		return errors.Join(errs...)
 	}
-	return nil
 }
 
 // ID returns the client id: the routing key of its replies.
@@ -173,7 +177,22 @@ func (c *Client) Call(serviceMethod string, args, reply any) error {
 // A call without reply within the default call timeout completes with an
 // rpc.ServerError that says it timed out.
 func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) *rpc.Call {
-	return c.Client.Go(serviceMethod, &callArgs{args: args, reply: reply}, reply, done)
+	call, _ := c.start(serviceMethod, args, reply, time.Time{}, done)
+	return call
+}
+
+// start sends a call through rpc.Client.Go, telling the codec where the
+// reply goes and the caller's deadline (zero: the default call timeout).
+func (c *Client) start(serviceMethod string, args, reply any, deadline time.Time, done chan *rpc.Call) (*rpc.Call, *callInfo) {
+	info := &callInfo{reply: reply, deadline: deadline}
+	// net/rpc serialises sends under its own lock anyway; this one only
+	// keeps info paired with its call.
+	c.sendMu.Lock()
+	c.codec.next = info
+	call := c.Client.Go(serviceMethod, args, reply, done)
+	c.codec.next = nil
+	c.sendMu.Unlock()
+	return call, info
 }
 
 // CallContext invokes serviceMethod and waits for its reply or for ctx to
@@ -186,14 +205,13 @@ func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, re
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ca := &callArgs{args: args, reply: reply}
-	ca.deadline, _ = ctx.Deadline()
-	call := c.Client.Go(serviceMethod, ca, reply, make(chan *rpc.Call, 1))
+	deadline, _ := ctx.Deadline()
+	call, info := c.start(serviceMethod, args, reply, deadline, make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:
 		return callError(call.Error)
 	case <-ctx.Done():
-		if ca.sent && c.codec.cancel(ca.seq) {
+		if info.sent && c.codec.cancel(info.seq) {
 			return ctx.Err()
 		}
 		// The reply is being read into reply right now (or the call never
@@ -204,11 +222,17 @@ func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, re
 	}
 }
 
-// callError maps the codec's own timeout completion to an error that
-// matches context.DeadlineExceeded.
+// callError maps the completions the codec makes up to errors that match
+// context.DeadlineExceeded or ErrRefused.
 func callError(err error) error {
-	if se, ok := err.(rpc.ServerError); ok && string(se) == timeoutText {
+	se, ok := err.(rpc.ServerError)
+	switch {
+	case !ok:
+		return err
+	case string(se) == timeoutText:
 		return fmt.Errorf("%s: %w", timeoutText, context.DeadlineExceeded)
+	case string(se) == ErrRefused.Error():
+		return ErrRefused
 	}
 	return err
 }
@@ -223,14 +247,9 @@ func (c *Client) Dropped() uint64 { return c.codec.dropped.Load() }
 // use; later calls return nil.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
-		err := c.Client.Close()
+		err := c.Client.Close() // closes the codec, which closes the connections
 		if errors.Is(err, rpc.ErrShutdown) {
 			err = nil
-		}
-		for _, conn := range c.conns {
-			if cerr := conn.Close(); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
-				err = errors.Join(err, cerr)
-			}
 		}
 		c.closeErr = err
 	})

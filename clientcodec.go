@@ -1,7 +1,6 @@
 package amqprpc
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,11 +15,10 @@ import (
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
-// callArgs wraps a call's args on their way through net/rpc's Go into the
-// codec's WriteRequest, carrying what net/rpc has no room for.
-type callArgs struct {
-	args  any
-	reply any // the caller's reply, decoded into while reading the header
+// callInfo is what Client hands the codec about the call it is sending,
+// beyond what net/rpc passes to WriteRequest.
+type callInfo struct {
+	reply any // decoded into while reading the header
 	// deadline is the caller's own, which the caller enforces (CallContext);
 	// zero means the codec applies the default call timeout.
 	deadline time.Time
@@ -52,6 +50,10 @@ type clientCodec struct {
 	pending  map[uint64]*pendingCall
 	timeouts timeoutList
 	synth    []rpc.Response // completions made up by the codec, to be read next
+
+	// next is the call being sent: set by Client around rpc.Client.Go, which
+	// runs WriteRequest on the same goroutine; nil for plain net/rpc users.
+	next *callInfo
 
 	// Read side: net/rpc reads header and body pairs from one goroutine.
 	body      []byte      // body still to decode in ReadResponseBody
@@ -104,9 +106,10 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 	p := &pendingCall{seq: r.Seq}
 	args := body
 	var ttl time.Time
-	if ca, ok := body.(*callArgs); ok {
-		args, p.reply, ttl = ca.args, ca.reply, ca.deadline
-		ca.seq, ca.sent = r.Seq, true
+	if info := c.next; info != nil {
+		c.next = nil
+		p.reply, ttl = info.reply, info.deadline
+		info.seq, info.sent = r.Seq, true
 	}
 	if ttl.IsZero() && c.timeout > 0 {
 		ttl = time.Now().Add(c.timeout)
@@ -129,22 +132,25 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 
 	id := correlationID(c.prefix, r.Seq)
 	seq := r.Seq
-	err = c.pub.Publish(context.Background(), c.requestExchange, "", false, amqp.Publishing{
-		ContentType:   c.codec.ContentType(),
-		CorrelationId: id,
-		MessageId:     id,
-		ReplyTo:       c.replyTo,
-		Type:          r.ServiceMethod,
-		Expiration:    expiration(ttl),
-		Body:          data,
-	}, func(ack bool) {
-		if !ack {
+	err = c.pub.Publish(transport.Message{
+		Exchange: c.requestExchange,
+		Publishing: amqp.Publishing{
+			ContentType:   c.codec.ContentType(),
+			CorrelationId: id,
+			MessageId:     id,
+			ReplyTo:       c.replyTo,
+			Type:          r.ServiceMethod,
+			Expiration:    expiration(ttl),
+			Body:          data,
+		},
+	}, func(o transport.Outcome) {
+		if o == transport.Nacked {
 			c.fail(seq, ErrRefused.Error())
 		}
 	})
 	if err != nil {
 		c.forget(seq)
-		return err
+		return rpc.ErrShutdown
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package amqprpc
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/rpc"
 	"sync"
 
@@ -17,11 +16,12 @@ import (
 // the broker shares the requests among them. Its methods are safe for
 // concurrent use.
 type Server struct {
-	rcvr  *rpc.Server
-	names names
-	opts  *options
-	conns []*amqp.Connection // publishing, consuming
-	pub   *transport.Publisher
+	rcvr    *rpc.Server
+	names   names
+	opts    *options
+	pubConn *transport.Conn
+	subConn *transport.Conn
+	pub     *transport.Publisher
 
 	mu sync.Mutex
 	// protects closed and serving
@@ -55,21 +55,21 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 		name = "amqprpc server " + namespace
 	}
 	cfg := transport.Config{TLS: o.tls, Heartbeat: o.heartbeat, Name: name}
-	pubConn, err := transport.Dial(url, cfg)
+	pubConn, err := transport.Open(url, cfg, o.logger)
 	if err != nil {
 		return nil, err
 	}
-	subConn, err := transport.Dial(url, cfg)
+	subConn, err := transport.Open(url, cfg, o.logger)
 	if err != nil {
 		_ = pubConn.Close()
 		return nil, err
 	}
-	s := &Server{rcvr: rcvr, names: n, opts: o, conns: []*amqp.Connection{pubConn, subConn}}
+	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn}
 	if err := s.declare(); err != nil {
 		_ = s.closeConns()
 		return nil, err
 	}
-	if s.pub, err = transport.NewPublisher(pubConn); err != nil {
+	if s.pub, err = transport.NewPublisher(pubConn, o.logger, n.declareExchanges); err != nil {
 		_ = s.closeConns()
 		return nil, err
 	}
@@ -77,9 +77,9 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 }
 
 func (s *Server) declare() error {
-	ch, err := s.conns[1].Channel()
+	ch, err := s.subConn.Channel(context.Background())
 	if err != nil {
-		return fmt.Errorf("amqprpc: open channel: %w", err)
+		return err
 	}
 	return errors.Join(s.names.declareRequestSide(ch), closeChannel(ch))
 }
@@ -88,9 +88,10 @@ func (s *Server) declare() error {
 // taking requests, waits until the handlers already running have replied
 // (and their requests are acked), lets requests not yet started go back to
 // the queue, and returns nil. It blocks all that time. Up to the prefetch
-// (WithPrefetch) handlers run at once. It returns an error when it cannot
-// consume, when the connection is lost, ErrServing while another Serve runs,
-// and ErrClosed after Close. Serve may be called again after it returned.
+// (WithPrefetch) handlers run at once. A lost connection does not end it:
+// it consumes again once the connection is back. It returns an error when
+// it cannot start consuming, ErrServing while another Serve runs, and
+// ErrClosed after Close. Serve may be called again after it returned.
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	switch {
@@ -101,7 +102,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.mu.Unlock()
 		return ErrServing
 	}
-	c, err := s.consume(s.names.requestQueue)
+	c, err := s.consume(s.names.requestQueue, s.opts.prefetch, s.names.declareRequestSide)
 	if err != nil {
 		s.mu.Unlock()
 		return err
@@ -123,28 +124,19 @@ func (s *Server) Serve(ctx context.Context) error {
 	return nil
 }
 
-// consume starts consuming queue on a channel of its own with the server's
-// prefetch and returns the codec that reads it.
-func (s *Server) consume(queue string) (*serverCodec, error) {
-	ch, err := s.conns[1].Channel()
+// consume starts consuming queue on the server's consuming connection and
+// returns the codec that reads it.
+func (s *Server) consume(queue string, prefetch int, setup func(*amqp.Channel) error) (*serverCodec, error) {
+	k, err := s.subConn.Consume(transport.ConsumerConfig{Queue: queue, Prefetch: prefetch, Setup: setup})
 	if err != nil {
-		return nil, fmt.Errorf("amqprpc: open channel: %w", err)
-	}
-	if err := ch.Qos(s.opts.prefetch, 0, false); err != nil {
-		_ = ch.Close()
-		return nil, fmt.Errorf("amqprpc: qos: %w", err)
-	}
-	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
-	if err != nil {
-		_ = ch.Close()
-		return nil, fmt.Errorf("amqprpc: consume %s: %w", queue, err)
+		return nil, err
 	}
 	return newServerCodec(serverCodecConfig{
 		names:      s.names,
 		opts:       s.opts,
 		pub:        s.pub,
-		deliveries: deliveries,
-		release:    func() error { return closeChannel(ch) },
+		deliveries: k.Deliveries(),
+		release:    k.Close,
 	}), nil
 }
 
@@ -167,19 +159,13 @@ func (s *Server) Close() error {
 }
 
 func (s *Server) closeConns() error {
-	var err error
-	for _, conn := range s.conns {
-		if cerr := conn.Close(); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
-			err = errors.Join(err, cerr)
-		}
-	}
-	return err
+	return errors.Join(s.pubConn.Close(), s.subConn.Close())
 }
 
 // NewServerCodec returns a net/rpc server codec that reads the namespace's
 // main request queue on conn, for use with rpc.ServeCodec. It declares the
 // namespace's topology first. ServeCodec runs until conn closes; Server is
-// the way to stop gracefully. It does not reconnect.
+// the way to stop gracefully and to survive a lost connection.
 //
 // It follows net/rpc's codec contract: reads come in header/body pairs from
 // one goroutine, a body read into nil is discarded, and writes are
@@ -193,30 +179,32 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 	if err != nil {
 		return nil, err
 	}
-	ch, err := conn.Channel()
+	tc := transport.Wrap(conn, o.logger)
+	k, err := tc.Consume(transport.ConsumerConfig{Queue: n.requestQueue, Prefetch: o.prefetch, Setup: n.declareRequestSide})
 	if err != nil {
-		return nil, fmt.Errorf("amqprpc: open channel: %w", err)
+		_ = tc.Close()
+		return nil, err
 	}
-	fail := func(err error) (rpc.ServerCodec, error) { _ = ch.Close(); return nil, err }
-	if err := n.declareRequestSide(ch); err != nil {
-		return fail(err)
-	}
-	if err := ch.Qos(o.prefetch, 0, false); err != nil {
-		return fail(fmt.Errorf("amqprpc: qos: %w", err))
-	}
-	deliveries, err := ch.Consume(n.requestQueue, "", false, false, false, false, nil)
+	pub, err := transport.NewPublisher(tc, o.logger, n.declareExchanges)
 	if err != nil {
-		return fail(fmt.Errorf("amqprpc: consume %s: %w", n.requestQueue, err))
-	}
-	pub, err := transport.NewPublisher(conn)
-	if err != nil {
-		return fail(err)
+		_ = k.Close()
+		_ = tc.Close()
+		return nil, err
 	}
 	return newServerCodec(serverCodecConfig{
 		names:      n,
 		opts:       o,
 		pub:        pub,
-		deliveries: deliveries,
-		release:    func() error { return errors.Join(closeChannel(ch), pub.Close()) },
+		deliveries: k.Deliveries(),
+		release:    joinClose(k.Close, pub.Close, tc.Close),
 	}), nil
+}
+
+// closeChannel closes ch; a channel already closed (with its connection) is
+// not an error.
+func closeChannel(ch *amqp.Channel) error {
+	if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+		return err
+	}
+	return nil
 }

@@ -67,10 +67,9 @@ func TestServerDiesMidCall(t *testing.T) {
 	var reply string
 	call := c.Go("Gate.Wait", "x", &reply, nil)
 	<-stuck.entered
-	// Cut the dying server's connections as a crash would.
-	for _, conn := range dying.conns {
-		require.NoError(t, conn.Close())
-	}
+	// Cut the dying server's connections, for good, as a crash would.
+	require.NoError(t, dying.pubConn.Close())
+	require.NoError(t, dying.subConn.Close())
 	close(stuck.release) // its handler finishes, but can no longer reply
 	require.Error(t, <-served, "Serve reports the lost connection")
 

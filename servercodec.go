@@ -1,7 +1,6 @@
 package amqprpc
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -203,9 +202,8 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 	}
 	// Replies only ever go to this namespace's response exchange: reply_to
 	// is a routing key there, whatever it says.
-	err := c.pub.Publish(context.Background(), c.responseExchange, req.d.ReplyTo, false, msg, func(ack bool) {
-		c.settle(req, ack)
-	})
+	err := c.pub.Publish(transport.Message{Exchange: c.responseExchange, Key: req.d.ReplyTo, Publishing: msg},
+		func(o transport.Outcome) { c.settle(req, o == transport.Acked) })
 	if err != nil {
 		c.settle(req, false)
 	}
@@ -214,6 +212,8 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 
 // settle acks req (rejects it if it was malformed) once its reply is
 // confirmed; without confirm it requeues a good request for another try.
+// A delivery from a channel lost since cannot be settled: the broker has
+// requeued it already.
 func (c *serverCodec) settle(req *request, confirmed bool) {
 	defer c.inflight.Done()
 	var err error
@@ -248,7 +248,6 @@ func (c *serverCodec) Close() error {
 		case <-settled:
 		case <-time.After(closeWait):
 			c.log.Warn("amqprpc: closing with replies still unconfirmed; their requests will be redelivered")
-		case <-c.pub.Done():
 		}
 		if c.release != nil {
 			c.closeErr = c.release()

@@ -38,16 +38,25 @@ func (n names) replyQueue(namespace, id string) string {
 // with key "": what a server consumes and what a client's first call needs to
 // wait in.
 func (n names) declareRequestSide(ch *amqp.Channel) error {
-	for _, ex := range []string{n.requestExchange, n.responseExchange} {
-		if err := ch.ExchangeDeclare(ex, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
-			return fmt.Errorf("amqprpc: declare exchange %s: %w", ex, err)
-		}
+	if err := n.declareExchanges(ch); err != nil {
+		return err
 	}
 	if _, err := ch.QueueDeclare(n.requestQueue, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("amqprpc: declare queue %s: %w", n.requestQueue, err)
 	}
 	if err := ch.QueueBind(n.requestQueue, "", n.requestExchange, false, nil); err != nil {
 		return fmt.Errorf("amqprpc: bind queue %s: %w", n.requestQueue, err)
+	}
+	return nil
+}
+
+// declareExchanges declares the request and response exchanges: what a
+// publisher needs before its first message on a channel.
+func (n names) declareExchanges(ch *amqp.Channel) error {
+	for _, ex := range []string{n.requestExchange, n.responseExchange} {
+		if err := ch.ExchangeDeclare(ex, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("amqprpc: declare exchange %s: %w", ex, err)
+		}
 	}
 	return nil
 }

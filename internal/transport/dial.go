@@ -21,6 +21,8 @@ type Config struct {
 	Heartbeat time.Duration
 	// Name is shown as the connection name in the management UI.
 	Name string
+	// Backoff paces reconnection; zero means DefaultBackoff.
+	Backoff Backoff
 }
 
 // Dial opens one AMQP connection. Its errors never contain the password.

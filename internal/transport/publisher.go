@@ -2,110 +2,302 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"sync"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// Confirmed is called once per published message with the broker's verdict:
-// ack true when the broker took responsibility for the message, false when it
-// refused it or when the channel closed before it answered. It runs on the
-// publisher's confirm goroutine and must not block.
-type Confirmed func(ack bool)
+// Outcome is the broker's verdict on one published message.
+type Outcome int
 
-// Publisher publishes on one confirm-mode channel and hands each broker
-// confirm to the callback given with the message, without anyone waiting for
-// it: publishing never blocks on a confirm. It is safe for concurrent use.
-type Publisher struct {
-	ch       *amqp.Channel
-	confirms chan amqp.Confirmation
-	done     chan struct{} // closed when the confirm goroutine has ended
+const (
+	// Acked: the broker took responsibility for the message.
+	Acked Outcome = iota
+	// Returned: the message was mandatory and no queue was bound for its
+	// routing key; the broker dropped it.
+	Returned
+	// Nacked: the broker refused the message.
+	Nacked
+	// Abandoned: the publisher was closed before the broker answered. The
+	// message may or may not have reached the broker.
+	Abandoned
+)
 
-	mu sync.Mutex
-	// protects the publish order and pending: pending[i] belongs to the
-	// delivery tag of the i-th unconfirmed message, since tags are consecutive.
-	pending []Confirmed
-	closed  bool
+// Confirmed receives a message's Outcome. It runs on the publisher's goroutine
+// and must not block.
+type Confirmed func(Outcome)
+
+// Message is one publishing with its destination.
+type Message struct {
+	Exchange, Key string
+	// Mandatory messages that no queue takes come back as Returned. They
+	// must carry a MessageId unique among the publisher's unconfirmed ones.
+	Mandatory bool
+	amqp.Publishing
 }
 
-// NewPublisher opens a channel on conn and puts it in confirm mode.
-func NewPublisher(conn *amqp.Connection) (*Publisher, error) {
-	ch, err := conn.Channel()
+type entry struct {
+	Message
+	done Confirmed
+}
+
+// Publisher publishes on a confirm-mode channel of a Conn and survives its
+// loss. Publish only queues the message: one goroutine writes the queue to
+// the channel and hands each broker confirm to its message's callback, so
+// no caller ever waits for the broker, even when it blocks publishers.
+// Messages not confirmed when the channel closes are sent again on the next
+// one (the broker may then see them twice); messages published while the
+// connection is down wait for it. It is safe for concurrent use.
+type Publisher struct {
+	conn  *Conn
+	log   *slog.Logger
+	setup func(*amqp.Channel) error
+	ctx   context.Context // ends with Close
+	stop  context.CancelFunc
+	wake  chan struct{} // capacity 1: queued gained messages
+	done  chan struct{} // closed when run has ended
+
+	mu sync.Mutex
+	// protects queued and closed
+	queued []*entry
+	closed bool
+}
+
+// NewPublisher opens its first channel on conn before returning. setup
+// (which may be nil) runs on every new channel, before anything is sent on
+// it: it declares the exchanges the messages go to.
+func NewPublisher(conn *Conn, log *slog.Logger, setup func(*amqp.Channel) error) (*Publisher, error) {
+	ctx, stop := context.WithCancel(context.Background())
+	p := &Publisher{conn: conn, log: log, setup: setup, ctx: ctx, stop: stop,
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	l, err := p.open()
 	if err != nil {
-		return nil, fmt.Errorf("amqprpc: open publish channel: %w", err)
+		stop()
+		return nil, err
+	}
+	go p.run(l)
+	return p, nil
+}
+
+// link is one confirm-mode channel with its notification streams.
+type link struct {
+	ch       *amqp.Channel
+	confirms chan amqp.Confirmation
+	returns  chan amqp.Return
+}
+
+func (p *Publisher) open() (*link, error) {
+	ch, err := p.conn.Channel(p.ctx)
+	if err != nil {
+		return nil, err
+	}
+	if p.setup != nil {
+		if err := p.setup(ch); err != nil {
+			_ = ch.Close()
+			return nil, err
+		}
 	}
 	if err := ch.Confirm(false); err != nil {
 		_ = ch.Close()
 		return nil, fmt.Errorf("amqprpc: confirm mode: %w", err)
 	}
-	p := &Publisher{
+	return &link{
 		ch:       ch,
-		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 256)),
-		done:     make(chan struct{}),
-	}
-	go p.loop()
-	return p, nil
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4096)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, 1024)),
+	}, nil
 }
 
-// Publish sends msg and returns once it is written to the connection; onConfirm
-// (which may be nil) is called later with the broker's confirm. An error means
-// the message was not sent and onConfirm will not be called.
-func (p *Publisher) Publish(ctx context.Context, exchange, key string, mandatory bool, msg amqp.Publishing, onConfirm Confirmed) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return amqp.ErrClosed
-	}
-	if err := p.ch.PublishWithContext(ctx, exchange, key, mandatory, false, msg); err != nil {
+// Publish queues m for sending and returns at once; done (which may be nil)
+// later gets the broker's verdict. It returns an error, and done is not
+// called, for a message that cannot be sent at all (invalid headers) and
+// after Close (ErrClosed).
+func (p *Publisher) Publish(m Message, done Confirmed) error {
+	if err := m.Headers.Validate(); err != nil {
 		return fmt.Errorf("amqprpc: publish: %w", err)
 	}
-	p.pending = append(p.pending, onConfirm)
+	e := &entry{Message: m, done: done}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	p.queued = append(p.queued, e)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
-// loop hands out confirms in delivery-tag order (amqp091-go resequences
-// them and splits multiple acks); it ends when the channel closes and then
-// fails whatever is still unconfirmed.
-func (p *Publisher) loop() {
+// run is the publisher's goroutine: it serves one channel at a time and,
+// when one is lost, opens the next and sends again whatever was unconfirmed.
+func (p *Publisher) run(l *link) {
 	defer close(p.done)
-	for c := range p.confirms {
+	for {
+		unconfirmed := p.serve(l)
 		p.mu.Lock()
-		var cb Confirmed
-		if len(p.pending) > 0 {
-			cb = p.pending[0]
-			p.pending[0] = nil
-			p.pending = p.pending[1:]
-		}
+		p.queued = append(unconfirmed, p.queued...)
 		p.mu.Unlock()
-		if cb != nil {
-			cb(c.Ack)
+		_ = l.ch.Close()
+
+		var err error
+		for l = nil; l == nil; {
+			if p.ctx.Err() != nil {
+				p.abandon()
+				return
+			}
+			if l, err = p.open(); err != nil {
+				if errors.Is(err, ErrClosed) || p.ctx.Err() != nil {
+					p.abandon()
+					return
+				}
+				// The connection is up but the channel failed: try again
+				// shortly rather than spin.
+				p.log.Debug("amqprpc: reopening the publish channel failed", "err", err)
+				select {
+				case <-p.ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
 		}
 	}
+}
+
+// serve sends queued messages on l and delivers l's confirms until l closes
+// or the publisher is closed; it returns the messages left unconfirmed, in
+// the order they were sent. Confirms are matched by delivery tag, so one
+// lost confirm cannot shift the others.
+func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
+	sent := make(map[uint64]*entry)
+	var tag uint64 // of the last message sent on l; the broker counts from 1
+	defer func() {
+		tags := make([]uint64, 0, len(sent))
+		for t := range sent {
+			tags = append(tags, t)
+		}
+		slices.Sort(tags)
+		for _, t := range tags {
+			unconfirmed = append(unconfirmed, sent[t])
+		}
+	}()
+	var returned map[string]bool
+	p.select1() // send what was queued before l was up
+	wake, stopping := p.wake, p.ctx.Done()
+	var chClosed chan struct{} // closed once Close's channel.close is done
+	defer func() {
+		if chClosed != nil {
+			<-chClosed
+		}
+	}()
+	for {
+		select {
+		case <-stopping:
+			// Close: close the channel, and meanwhile keep taking the
+			// confirms of what was sent until the stream ends (amqp091-go
+			// waits for us to take each one before it handles close-ok).
+			wake, stopping = nil, nil
+			chClosed = make(chan struct{})
+			go func() { _ = l.ch.Close(); close(chClosed) }()
+		case <-wake:
+			p.mu.Lock()
+			n := min(len(p.queued), maxInFlight-len(sent))
+			batch := p.queued[:n:n]
+			p.queued = p.queued[n:]
+			p.mu.Unlock()
+			for i, e := range batch {
+				if err := l.ch.Publish(e.Exchange, e.Key, e.Mandatory, false, e.Publishing); err != nil {
+					p.mu.Lock()
+					p.queued = append(batch[i:], p.queued...)
+					p.mu.Unlock()
+					return // the channel is gone: its confirms will not come
+				}
+				tag++
+				sent[tag] = e
+			}
+			if len(sent) >= maxInFlight {
+				wake = nil // until confirms make room
+			}
+		case c, ok := <-l.confirms:
+			if !ok {
+				return
+			}
+			// A return precedes its message's ack on the wire, and amqp091-go
+			// dispatches both from one goroutine: it is already buffered.
+		drain:
+			for {
+				select {
+				case r := <-l.returns:
+					if returned == nil {
+						returned = make(map[string]bool)
+					}
+					returned[r.MessageId] = true
+				default:
+					break drain
+				}
+			}
+			e := sent[c.DeliveryTag]
+			delete(sent, c.DeliveryTag)
+			if wake == nil && stopping != nil && len(sent) < maxInFlight {
+				wake = p.wake
+				p.select1()
+			}
+			if e == nil || e.done == nil {
+				continue
+			}
+			switch {
+			case !c.Ack:
+				e.done(Nacked)
+			case e.Mandatory && returned[e.MessageId]:
+				delete(returned, e.MessageId)
+				e.done(Returned)
+			default:
+				e.done(Acked)
+			}
+		}
+	}
+}
+
+// maxInFlight bounds the messages sent and not yet confirmed on a channel.
+// It keeps amqp091-go's confirm bookkeeping small (its multiple-ack handling
+// walks all of them) while leaving far more in flight than a broker round
+// trip needs at full speed.
+const maxInFlight = 1024
+
+// select1 makes sure serve looks at the queue at least once.
+func (p *Publisher) select1() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// abandon ends every message still waiting, after Close.
+func (p *Publisher) abandon() {
 	p.mu.Lock()
-	rest := p.pending
-	p.pending = nil
+	rest := p.queued
+	p.queued, p.closed = nil, true
+	p.mu.Unlock()
+	for _, e := range rest {
+		if e.done != nil {
+			e.done(Abandoned)
+		}
+	}
+}
+
+// Close stops publishing: messages not yet confirmed get Abandoned. It waits
+// for the publisher's goroutine and is idempotent.
+func (p *Publisher) Close() error {
+	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
-	for _, cb := range rest {
-		if cb != nil {
-			cb(false)
-		}
-	}
-}
-
-// Close closes the channel and waits until every callback has run: those
-// still unconfirmed get false. Unconfirmed messages may still have reached
-// the broker.
-func (p *Publisher) Close() error {
-	err := p.ch.Close()
+	p.stop()
 	<-p.done
-	if err != nil && err != amqp.ErrClosed {
-		return fmt.Errorf("amqprpc: close publish channel: %w", err)
-	}
 	return nil
 }
-
-// Done is closed once the publisher's channel has closed and every pending
-// callback has run.
-func (p *Publisher) Done() <-chan struct{} { return p.done }

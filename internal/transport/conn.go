@@ -1,0 +1,201 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrClosed is returned by a Conn's methods after Close, and by those of a
+// wrapped connection once it is lost.
+var ErrClosed = errors.New("amqprpc: connection closed")
+
+// Backoff bounds the waits between reconnection attempts: the first retry
+// comes after Min, each next one after twice as long up to Max, each with up
+// to 25% of random jitter so that many clients do not reconnect in step.
+type Backoff struct{ Min, Max time.Duration }
+
+// DefaultBackoff is used where Config.Backoff is zero.
+var DefaultBackoff = Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
+
+func (b Backoff) next(prev time.Duration) time.Duration {
+	d := prev * 2
+	if prev == 0 {
+		d = b.Min
+	}
+	if d > b.Max {
+		d = b.Max
+	}
+	return d + time.Duration(rand.Int64N(int64(d)/4+1))
+}
+
+// Conn is an AMQP connection that heals itself: when the broker or the
+// network drops it, Conn dials again (with backoff and jitter) until it
+// succeeds or Close is called. Users open channels with Channel and watch
+// them close; a closed channel means "open a new one", which waits for the
+// next connection. Conn is safe for concurrent use.
+type Conn struct {
+	url     string
+	cfg     Config
+	log     *slog.Logger
+	redial  bool // false for a wrapped connection: a loss is final
+	backoff Backoff
+
+	done chan struct{} // closed by Close
+	wg   sync.WaitGroup
+
+	mu sync.Mutex
+	// protects conn, up and lost
+	conn *amqp.Connection // nil while down
+	up   chan struct{}    // closed while conn is live; replaced when it is lost
+	lost error            // set when a wrapped connection is gone for good
+}
+
+// Open dials url and keeps the connection up until Close. The first dial is
+// synchronous: its error (wrong URL, credentials, TLS) is returned.
+func Open(url string, cfg Config, log *slog.Logger) (*Conn, error) {
+	conn, err := Dial(url, cfg)
+	if err != nil {
+		return nil, err
+	}
+	b := cfg.Backoff
+	if b.Min <= 0 || b.Max < b.Min {
+		b = DefaultBackoff
+	}
+	return start(&Conn{url: url, cfg: cfg, log: log, redial: true, backoff: b}, conn), nil
+}
+
+// Wrap adopts a connection the caller owns: no redial, and Close leaves conn
+// open. Once conn closes, Channel returns ErrClosed.
+func Wrap(conn *amqp.Connection, log *slog.Logger) *Conn {
+	return start(&Conn{log: log}, conn)
+}
+
+func start(c *Conn, conn *amqp.Connection) *Conn {
+	c.done = make(chan struct{})
+	c.up = make(chan struct{})
+	c.setUp(conn)
+	c.wg.Add(1)
+	go c.watch(conn)
+	return c
+}
+
+func (c *Conn) setUp(conn *amqp.Connection) {
+	c.mu.Lock()
+	c.conn = conn
+	close(c.up)
+	c.mu.Unlock()
+}
+
+// watch waits for the live connection to close and redials; it is the Conn's
+// one goroutine.
+func (c *Conn) watch(conn *amqp.Connection) {
+	defer c.wg.Done()
+	for {
+		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+		var reason *amqp.Error
+		select {
+		case reason = <-closed:
+		case <-c.done:
+			if c.redial {
+				_ = conn.Close()
+			}
+			return
+		}
+		c.mu.Lock()
+		c.conn = nil
+		c.up = make(chan struct{})
+		if !c.redial {
+			c.lost = ErrClosed
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		c.log.Warn("amqprpc: connection lost; reconnecting", "url", Redact(c.url), "reason", reason)
+
+		var wait time.Duration
+		for {
+			wait = c.backoff.next(wait)
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-c.done:
+				t.Stop()
+				return
+			}
+			next, err := Dial(c.url, c.cfg)
+			if err == nil {
+				conn = next
+				break
+			}
+			c.log.Debug("amqprpc: reconnect failed", "err", err, "retry_in", c.backoff.next(wait))
+		}
+		c.setUp(conn)
+		c.log.Info("amqprpc: reconnected", "url", Redact(c.url))
+	}
+}
+
+// Channel opens a channel on the live connection, waiting for one while
+// reconnecting, until ctx ends or the Conn is closed (ErrClosed).
+func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		conn, up, lost := c.conn, c.up, c.lost
+		c.mu.Unlock()
+		if lost != nil {
+			return nil, lost
+		}
+		if conn != nil {
+			ch, err := conn.Channel()
+			if err == nil {
+				return ch, nil
+			}
+			if !errors.Is(err, amqp.ErrClosed) {
+				return nil, err
+			}
+			// The connection died under us: wait for watch to notice.
+			select {
+			case <-c.done:
+				return nil, ErrClosed
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case <-up:
+		case <-c.done:
+			return nil, ErrClosed
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Done is closed by Close.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Close stops reconnecting, closes the connection (unless it was wrapped)
+// and waits for the Conn's goroutine. It is idempotent.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	select {
+	case <-c.done:
+		c.mu.Unlock()
+		return nil
+	default:
+		close(c.done)
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+	return nil
+}
