@@ -101,9 +101,18 @@
 // [Server.Close] (or the end of Serve's context) stops taking requests,
 // waits for running handlers to reply, and lets unstarted requests go back
 // to the queue. [Client.Close] fails pending calls with rpc.ErrShutdown.
-// Both are idempotent and stop every goroutine they started. Clients and
-// servers use two connections each, one to publish and one to consume, with
-// AMQP heartbeats ([WithHeartbeat], 10 s). A lost connection currently ends
-// Serve with an error and shuts the client down; automatic reconnection is
-// planned.
+// Both are idempotent and stop every goroutine they started.
+//
+// # Reconnection
+//
+// Clients and servers use two connections each, one to publish and one to
+// consume, so that a broker blocking publishers cannot stop deliveries, with
+// AMQP heartbeats ([WithHeartbeat], 10 s) to notice a dead peer. When a
+// connection drops they dial again (with backoff and jitter), declare their
+// topology again and resume consuming; requests and replies the broker had
+// not confirmed are published again, and calls made meanwhile wait for the
+// connection up to their deadline. Replies wait in the client's durable reply
+// queue. A request whose server lost its connection mid-call is redelivered
+// and may run again. Codecs made with NewClientCodec and NewServerCodec on a
+// connection of your own do not reconnect.
 package amqprpc

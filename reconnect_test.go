@@ -1,0 +1,58 @@
+package amqprpc
+
+import (
+	"context"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// rabbitmqctl runs the broker's control tool, for fault injection.
+func rabbitmqctl(t testing.TB, args ...string) {
+	t.Helper()
+	path, err := exec.LookPath("rabbitmqctl")
+	if err != nil {
+		path = "/usr/sbin/rabbitmqctl"
+	}
+	out, err := exec.Command(path, args...).CombinedOutput()
+	require.NoError(t, err, "rabbitmqctl %v: %s", args, out)
+}
+
+// After the broker closes every connection, the same Client and Server
+// work again without user action.
+func TestReconnectAfterConnectionsClosed(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, new(Math)))
+	c := dial(t, ns)
+	var sum int
+	require.NoError(t, c.Call("Math.SumNumbers", []int{1, 2}, &sum))
+
+	rabbitmqctl(t, "close_all_connections", "fault test")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, c.CallContext(ctx, "Math.SumNumbers", []int{3, 4}, &sum))
+	assert.Equal(t, 7, sum)
+}
+
+// A call in flight when connections drop completes once they are back.
+func TestCallInFlightSurvivesConnectionLoss(t *testing.T) {
+	ns := testNamespace(t)
+	g := newGate()
+	startServer(t, ns, newRPCServer(t, g))
+	c := dial(t, ns)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var reply string
+	done := make(chan error, 1)
+	go func() { done <- c.CallContext(ctx, "Gate.Wait", "x", &reply) }()
+	<-g.entered
+	rabbitmqctl(t, "close_all_connections", "fault test")
+	close(g.release)
+	require.NoError(t, <-done)
+	assert.Equal(t, "done x", reply)
+}
