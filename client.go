@@ -20,6 +20,7 @@ type Client struct {
 	*rpc.Client
 
 	codec     *clientCodec
+	conn      *transport.Conn // consuming; also for queue management
 	id        string
 	sendMu    sync.Mutex // pairs codec.next with its call
 	closeOnce sync.Once
@@ -72,6 +73,7 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 	return &Client{
 		Client: rpc.NewClientWithCodec(cc),
 		codec:  cc,
+		conn:   subConn,
 		id:     id,
 	}, nil
 }
@@ -233,6 +235,9 @@ func callError(err error) error {
 		return fmt.Errorf("%s: %w", timeoutText, context.DeadlineExceeded)
 	case string(se) == ErrRefused.Error():
 		return ErrRefused
+	}
+	if nr, ok := parseNoRoute(string(se)); ok {
+		return nr
 	}
 	return err
 }

@@ -51,6 +51,8 @@ type clientCodec struct {
 	timeouts timeoutList
 	synth    []rpc.Response // completions made up by the codec, to be read next
 
+	routes routes // Tune's functions
+
 	// next is the call being sent: set by Client around rpc.Client.Go, which
 	// runs WriteRequest on the same goroutine; nil for plain net/rpc users.
 	next *callInfo
@@ -115,6 +117,7 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 		ttl = time.Now().Add(c.timeout)
 		p.deadline = ttl
 	}
+	key, args := c.routes.route(r.ServiceMethod, args)
 	data, err := c.codec.Marshal(args)
 	if err != nil {
 		return fmt.Errorf("amqprpc: encoding args of %s: %w", r.ServiceMethod, err)
@@ -132,8 +135,12 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 
 	id := correlationID(c.prefix, r.Seq)
 	seq := r.Seq
+	// Mandatory: a request no queue takes comes back, and fails the call
+	// at once instead of vanishing.
 	err = c.pub.Publish(transport.Message{
-		Exchange: c.requestExchange,
+		Exchange:  c.requestExchange,
+		Key:       key,
+		Mandatory: true,
 		Publishing: amqp.Publishing{
 			ContentType:   c.codec.ContentType(),
 			CorrelationId: id,
@@ -144,8 +151,11 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 			Body:          data,
 		},
 	}, func(o transport.Outcome) {
-		if o == transport.Nacked {
+		switch o {
+		case transport.Nacked:
 			c.fail(seq, ErrRefused.Error())
+		case transport.Returned:
+			c.fail(seq, (&noRouteError{key: key}).Error())
 		}
 	})
 	if err != nil {

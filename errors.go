@@ -13,6 +13,10 @@ var (
 	ErrClosed = errors.New("amqprpc: server closed")
 	// ErrServing is returned by Serve while another Serve runs on the same server.
 	ErrServing = errors.New("amqprpc: server already serving")
+	// ErrNoRoute means no queue was bound for a call's routing key (see To
+	// and Client.Tune): the broker dropped the request, and the call failed
+	// at once. The error's text names the key.
+	ErrNoRoute = errors.New("amqprpc: no queue bound for the routing key")
 	// ErrRefused means the broker refused to take a request (a negative
 	// publisher confirm); the call was not run.
 	ErrRefused = errors.New("amqprpc: broker refused the request")

@@ -24,10 +24,11 @@ type Server struct {
 	pub     *transport.Publisher
 
 	mu sync.Mutex
-	// protects closed and serving
+	// protects closed, serving and active
 	closed  bool
-	serving *serverCodec  // nil when Serve is not running
-	served  chan struct{} // closed when the running Serve returns
+	serving bool                  // Serve is running
+	active  map[*serverCodec]bool // the codecs of running Serve and ReceiveFromQueue calls
+	running sync.WaitGroup        // running Serve and ReceiveFromQueue calls
 
 	closeOnce sync.Once
 	closeErr  error
@@ -64,7 +65,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 		_ = pubConn.Close()
 		return nil, err
 	}
-	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn}
+	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, active: make(map[*serverCodec]bool)}
 	if err := s.declare(); err != nil {
 		_ = s.closeConns()
 		return nil, err
@@ -93,66 +94,119 @@ func (s *Server) declare() error {
 // it cannot start consuming, ErrServing while another Serve runs, and
 // ErrClosed after Close. Serve may be called again after it returned.
 func (s *Server) Serve(ctx context.Context) error {
-	s.mu.Lock()
-	switch {
-	case s.closed:
-		s.mu.Unlock()
-		return ErrClosed
-	case s.serving != nil:
-		s.mu.Unlock()
-		return ErrServing
-	}
-	c, err := s.consume(s.names.requestQueue, s.opts.prefetch, s.names.declareRequestSide)
+	c, err := s.start(transport.ConsumerConfig{
+		Queue:    s.names.requestQueue,
+		Prefetch: s.opts.prefetch,
+		Setup:    s.names.declareRequestSide,
+	}, 0, true)
 	if err != nil {
-		s.mu.Unlock()
 		return err
 	}
-	s.serving, s.served = c, make(chan struct{})
-	s.mu.Unlock()
-
-	stop := context.AfterFunc(ctx, c.stop)
-	s.rcvr.ServeCodec(c) // returns after c.Close
-	stop()
-
-	s.mu.Lock()
-	s.serving = nil
-	close(s.served)
-	s.mu.Unlock()
+	s.serve(ctx, c, true)
 	if c.lost != nil && ctx.Err() == nil {
 		return c.lost
 	}
 	return nil
 }
 
-// consume starts consuming queue on the server's consuming connection and
-// returns the codec that reads it.
-func (s *Server) consume(queue string, prefetch int, setup func(*amqp.Channel) error) (*serverCodec, error) {
-	k, err := s.subConn.Consume(transport.ConsumerConfig{Queue: queue, Prefetch: prefetch, Setup: setup})
+// start begins consuming for Serve (main) or ReceiveFromQueue and returns
+// the codec that reads the deliveries, registered with the server so that
+// Close stops it.
+func (s *Server) start(cfg transport.ConsumerConfig, limit int, main bool) (*serverCodec, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return nil, ErrClosed
+	case main && s.serving:
+		return nil, ErrServing
+	}
+	k, err := s.subConn.Consume(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return newServerCodec(serverCodecConfig{
+	c := newServerCodec(serverCodecConfig{
 		names:      s.names,
 		opts:       s.opts,
 		pub:        s.pub,
 		deliveries: k.Deliveries(),
 		release:    k.Close,
-	}), nil
+		limit:      limit,
+	})
+	s.serving = s.serving || main
+	s.active[c] = true
+	s.running.Add(1)
+	return c, nil
 }
 
-// Close stops a running Serve as ctx cancellation would, waits for it to
-// return, and closes the server's connections. It is idempotent and safe
-// for concurrent use; later calls return nil.
+// serve runs net/rpc's ServeCodec on c until ctx ends, Close, c's limit or
+// the loss of c's consumer; it returns once c's calls are settled.
+func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
+	defer s.running.Done()
+	stop := context.AfterFunc(ctx, c.stop)
+	s.rcvr.ServeCodec(c) // returns after c.Close
+	stop()
+	s.mu.Lock()
+	delete(s.active, c)
+	if main {
+		s.serving = false
+	}
+	s.mu.Unlock()
+}
+
+// ReceiveFromQueue handles calls from the request queue made by
+// Client.CreateRequestQueue(ctx, queue) until maxCalls well-formed calls
+// were handled (maxCalls <= 0: no limit) or ctx ends, and returns how many
+// it handled; if ctx ends first the error is ctx.Err(), and after Close it
+// is ErrClosed. It blocks until then, and returns once the calls it took
+// have replied and been acked.
+//
+// If the queue does not exist yet, it waits silently until it is created.
+// It never takes more calls than it may handle (its prefetch is maxCalls):
+// the others stay in the queue for the next receiver. Any number of
+// receives may run at once, with or without Serve, and each resumes
+// consuming after a reconnection. Malformed requests are refused and not
+// counted.
+func (s *Server) ReceiveFromQueue(ctx context.Context, queue string, maxCalls int) (int, error) {
+	name, err := s.names.extraQueue(queue)
+	if err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	prefetch := min(maxCalls, 65535)
+	if maxCalls <= 0 {
+		prefetch = s.opts.prefetch
+	}
+	c, err := s.start(transport.ConsumerConfig{Queue: name, Prefetch: prefetch, WaitForQueue: true}, maxCalls, false)
+	if err != nil {
+		return 0, err
+	}
+	s.serve(ctx, c, false)
+	switch {
+	case maxCalls > 0 && c.count >= maxCalls:
+		return c.count, nil
+	case ctx.Err() != nil:
+		return c.count, ctx.Err()
+	case c.lost != nil:
+		return c.count, c.lost
+	}
+	return c.count, ErrClosed
+}
+
+// Close stops running Serve and ReceiveFromQueue calls as ctx cancellation
+// would, waits for them to return, and closes the server's connections. It
+// is idempotent and safe for concurrent use; later calls return nil.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
-		c, served := s.serving, s.served
-		s.mu.Unlock()
-		if c != nil {
+		for c := range s.active {
 			c.stop()
-			<-served
 		}
+		s.mu.Unlock()
+		s.running.Wait()
 		s.closeErr = errors.Join(s.pub.Close(), s.closeConns())
 	})
 	return s.closeErr

@@ -44,8 +44,11 @@ type serverCodec struct {
 	pending map[uint64]*request
 
 	// Read side: net/rpc reads header/body pairs from one goroutine.
-	seq uint64
-	cur *request
+	seq   uint64
+	cur   *request
+	limit int // of well-formed calls to read; <= 0: no limit
+	count int // well-formed calls read so far
+
 }
 
 type serverCodecConfig struct {
@@ -54,6 +57,7 @@ type serverCodecConfig struct {
 	pub        *transport.Publisher
 	deliveries <-chan amqp.Delivery
 	release    func() error
+	limit      int // stop after this many well-formed calls; <= 0: no limit
 }
 
 func newServerCodec(cfg serverCodecConfig) *serverCodec {
@@ -65,6 +69,7 @@ func newServerCodec(cfg serverCodecConfig) *serverCodec {
 		pub:        cfg.pub,
 		deliveries: cfg.deliveries,
 		release:    cfg.release,
+		limit:      cfg.limit,
 		stopping:   make(chan struct{}),
 		pending:    make(map[uint64]*request),
 	}
@@ -81,6 +86,9 @@ func (c *serverCodec) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }
 // the consumer ends (io.EOF; the cause is kept for Serve).
 func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
 	c.cur = nil
+	if c.limit > 0 && c.count >= c.limit {
+		return io.EOF
+	}
 	for {
 		select {
 		case <-c.stopping:
@@ -106,6 +114,7 @@ func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
 			c.pending[c.seq] = req
 			c.mu.Unlock()
 			c.cur = req
+			c.count++ // until ReadRequestBody finds otherwise
 			*r = rpc.Request{ServiceMethod: d.Type, Seq: c.seq}
 			return nil
 		}
@@ -152,11 +161,16 @@ func (c *serverCodec) refuse(req *request, reason string) {
 func (c *serverCodec) ReadRequestBody(body any) error {
 	req := c.cur
 	c.cur = nil
-	if req == nil || body == nil {
+	if req == nil {
+		return nil
+	}
+	if body == nil { // net/rpc found no such method: not a well-formed call
+		c.count--
 		return nil
 	}
 	if err := req.codec.Unmarshal(req.d.Body, body); err != nil {
 		req.bad = true
+		c.count--
 		return fmt.Errorf("amqprpc: decoding args: %w", err)
 	}
 	return nil

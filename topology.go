@@ -13,6 +13,7 @@ type names struct {
 	requestExchange  string // rpc_<ns>_request
 	responseExchange string // rpc_<ns>_response
 	requestQueue     string // rpc_<ns>_request
+	queuePrefix      string // rpc_<ns>_queue_, of extra request queues
 }
 
 func newNames(namespace string) (names, error) {
@@ -26,6 +27,7 @@ func newNames(namespace string) (names, error) {
 		requestExchange:  "rpc_" + namespace + "_request",
 		responseExchange: "rpc_" + namespace + "_response",
 		requestQueue:     "rpc_" + namespace + "_request",
+		queuePrefix:      "rpc_" + namespace + "_queue_",
 	}, nil
 }
 

@@ -1,0 +1,115 @@
+package amqprpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// QueueOption configures a request queue made by Client.CreateRequestQueue.
+type QueueOption func(*queueOptions) error
+
+type queueOptions struct {
+	expiry time.Duration
+	key    *string
+}
+
+// WithQueueExpiry makes the broker delete the queue once it has had no
+// consumer for d (the queue's x-expires), so that queues of users who went
+// away do not pile up. Default: the queue lives until DeleteRequestQueue.
+// Values under one millisecond are an error. Re-creating an existing queue
+// with another expiry fails (the broker refuses changed arguments).
+func WithQueueExpiry(d time.Duration) QueueOption {
+	return func(o *queueOptions) error {
+		if d < time.Millisecond {
+			return fmt.Errorf("amqprpc: WithQueueExpiry(%v): must be at least 1ms", d)
+		}
+		o.expiry = d
+		return nil
+	}
+}
+
+// WithQueueRoutingKey binds the queue with key instead of its name, as
+// amphora's create_new_request_queue(label, routing_key) does. Default: the
+// queue's name.
+func WithQueueRoutingKey(key string) QueueOption {
+	return func(o *queueOptions) error {
+		o.key = &key
+		return nil
+	}
+}
+
+// extraQueue is the broker name of the extra request queue name.
+func (n names) extraQueue(name string) (string, error) {
+	if name == "" {
+		return "", errors.New("amqprpc: empty queue name")
+	}
+	if len(name) > 200 {
+		return "", errors.New("amqprpc: queue name longer than 200 bytes")
+	}
+	return n.queuePrefix + name, nil
+}
+
+// CreateRequestQueue declares the durable request queue
+// rpc_<namespace>_queue_<name>, bound to the request exchange with routing
+// key name, and returns once it exists. Calls routed with that key (To,
+// Tune) then wait there for a Server.ReceiveFromQueue. Creating a queue
+// that exists already is not an error, as long as its options match. It
+// blocks while the client reconnects, up to ctx.
+func (c *Client) CreateRequestQueue(ctx context.Context, name string, opts ...QueueOption) error {
+	var o queueOptions
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return err
+		}
+	}
+	queue, err := c.codec.extraQueue(name)
+	if err != nil {
+		return err
+	}
+	key := name
+	if o.key != nil {
+		key = *o.key
+	}
+	var args amqp.Table
+	if o.expiry > 0 {
+		args = amqp.Table{"x-expires": o.expiry.Milliseconds()}
+	}
+	return c.onChannel(ctx, func(ch *amqp.Channel) error {
+		if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
+			return fmt.Errorf("amqprpc: declare queue %s: %w", queue, err)
+		}
+		if err := ch.QueueBind(queue, key, c.codec.requestExchange, false, nil); err != nil {
+			return fmt.Errorf("amqprpc: bind queue %s: %w", queue, err)
+		}
+		return nil
+	})
+}
+
+// DeleteRequestQueue deletes the request queue made by CreateRequestQueue,
+// with any calls still waiting in it. Deleting a queue that does not exist
+// is not an error. It blocks while the client reconnects, up to ctx.
+func (c *Client) DeleteRequestQueue(ctx context.Context, name string) error {
+	queue, err := c.codec.extraQueue(name)
+	if err != nil {
+		return err
+	}
+	return c.onChannel(ctx, func(ch *amqp.Channel) error {
+		if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+			return fmt.Errorf("amqprpc: delete queue %s: %w", queue, err)
+		}
+		return nil
+	})
+}
+
+// onChannel runs f on a fresh channel of the client's consuming connection.
+func (c *Client) onChannel(ctx context.Context, f func(*amqp.Channel) error) error {
+	ch, err := c.conn.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	return errors.Join(f(ch), closeChannel(ch))
+}
