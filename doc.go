@@ -42,6 +42,19 @@
 // A request's reply_to is U, a routing key: servers only ever publish
 // replies to rpc_S_response.
 //
+// # Request queues and routing
+//
+// Besides the main queue, a namespace can have request queues created on
+// demand ([Client.CreateRequestQueue], rpc_S_queue_<name>, bound to the
+// request exchange with key <name>), for example one per user that some
+// server observes. A server handles calls from such a queue with
+// [Server.ReceiveFromQueue], which waits for the queue if it does not exist
+// yet, takes at most the calls it was asked for, and returns their count.
+// A call reaches one with [To] (one call) or [Client.Tune] (every call of a
+// method, keyed by its args); other calls go to the main queue. Requests are
+// published mandatory: a call whose routing key no queue is bound to fails
+// at once with [ErrNoRoute].
+//
 // # Wire format
 //
 // A call is one message each way, readable in the management UI:
