@@ -41,7 +41,7 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace)
+	n, err := newNames(namespace, o.fanout)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 		_ = pubConn.Close()
 		return nil, err
 	}
-	cc, err := newClientCodecOn(pubConn, subConn, namespace, n, id, o)
+	cc, err := newClientCodecOn(pubConn, subConn, n, id, o)
 	if err != nil {
 		_ = pubConn.Close()
 		_ = subConn.Close()
@@ -95,7 +95,7 @@ func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace)
+	n, err := newNames(namespace, o.fanout)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +104,7 @@ func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 		id = randomHex(8)
 	}
 	tc := transport.Wrap(conn, o.logger)
-	cc, err := newClientCodecOn(tc, tc, namespace, n, id, o)
+	cc, err := newClientCodecOn(tc, tc, n, id, o)
 	if err != nil {
 		_ = tc.Close()
 		return nil, err
@@ -116,8 +116,8 @@ func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 // newClientCodecOn declares the client's topology and consumes its reply
 // queue on subConn, and publishes on pubConn; it redoes both after every
 // reconnection.
-func newClientCodecOn(pubConn, subConn *transport.Conn, namespace string, n names, id string, o *options) (*clientCodec, error) {
-	queue := n.replyQueue(namespace, id)
+func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *options) (*clientCodec, error) {
+	queue := n.replyQueue(id)
 	replies, err := subConn.Consume(transport.ConsumerConfig{
 		Queue:    queue,
 		Prefetch: replyPrefetch,

@@ -50,8 +50,13 @@ type clientCodec struct {
 	pending  map[uint64]*pendingCall
 	timeouts timeoutList
 	synth    []rpc.Response // completions made up by the codec, to be read next
+	// gathers (below) is protected too
 
 	routes routes // Tune's functions
+
+	gatherPrefix string        // of the correlation ids of broadcasts
+	gatherSeq    atomic.Uint64 // numbers broadcasts
+	gathers      map[uint64]*gather
 
 	// next is the call being sent: set by Client around rpc.Client.Go, which
 	// runs WriteRequest on the same goroutine; nil for plain net/rpc users.
@@ -75,19 +80,21 @@ type clientCodecConfig struct {
 
 func newClientCodec(cfg clientCodecConfig) *clientCodec {
 	c := &clientCodec{
-		names:      cfg.names,
-		replyTo:    cfg.clientID,
-		prefix:     randomHex(6) + ".",
-		codec:      cfg.opts.codec,
-		timeout:    cfg.opts.callTimeout,
-		log:        cfg.opts.logger,
-		pub:        cfg.pub,
-		deliveries: cfg.deliveries,
-		release:    cfg.release,
-		synthReady: make(chan struct{}, 1),
-		timerReset: make(chan struct{}, 1),
-		closed:     make(chan struct{}),
-		pending:    make(map[uint64]*pendingCall),
+		names:        cfg.names,
+		replyTo:      cfg.clientID,
+		prefix:       randomHex(6) + ".",
+		gatherPrefix: randomHex(6) + ".",
+		gathers:      make(map[uint64]*gather),
+		codec:        cfg.opts.codec,
+		timeout:      cfg.opts.callTimeout,
+		log:          cfg.opts.logger,
+		pub:          cfg.pub,
+		deliveries:   cfg.deliveries,
+		release:      cfg.release,
+		synthReady:   make(chan struct{}, 1),
+		timerReset:   make(chan struct{}, 1),
+		closed:       make(chan struct{}),
+		pending:      make(map[uint64]*pendingCall),
 	}
 	c.wg.Add(1)
 	go c.expire()
@@ -278,6 +285,14 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 	var p *pendingCall
 	if ok {
 		p = c.take(seq)
+	} else if gs, isGather := parseCorrelationID(c.gatherPrefix, d.CorrelationId); isGather {
+		c.mu.Lock()
+		g := c.gathers[gs]
+		c.mu.Unlock()
+		if g != nil {
+			g.add(*d, nil)
+			return false
+		}
 	}
 	if p == nil {
 		c.dropped.Add(1)

@@ -55,6 +55,13 @@
 // published mandatory: a call whose routing key no queue is bound to fails
 // at once with [ErrNoRoute].
 //
+// # Broadcasting
+//
+// Package fanout serves and calls fanout namespaces, where every server runs
+// each call once and fanout.Client.CallAll gathers every reply. A handler
+// can return [ErrIgnoreRequest] to decline a request: a fanout server then
+// sends no reply, a direct server lets another server take it.
+//
 // # Wire format
 //
 // A call is one message each way, readable in the management UI:

@@ -17,6 +17,17 @@ var (
 	// and Client.Tune): the broker dropped the request, and the call failed
 	// at once. The error's text names the key.
 	ErrNoRoute = errors.New("amqprpc: no queue bound for the routing key")
+	// ErrNamespaceConflict means a namespace is already used with the other
+	// kind of request exchange: a direct (Dial, NewServer) and a fanout
+	// (package fanout) service cannot share a namespace.
+	ErrNamespaceConflict = errors.New("amqprpc: namespace conflict")
+	// ErrIgnoreRequest is returned by a handler that does not want to answer
+	// a request (return it as is: net/rpc passes only its text). A fanout
+	// server then sends no reply and acks the request. A direct server puts
+	// the request back for another server to take, a little later each time;
+	// after ignoreLimit tries the caller gets an error saying every server
+	// ignored it.
+	ErrIgnoreRequest = errors.New("amqprpc: request ignored")
 	// ErrRefused means the broker refused to take a request (a negative
 	// publisher confirm); the call was not run.
 	ErrRefused = errors.New("amqprpc: broker refused the request")

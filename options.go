@@ -25,6 +25,7 @@ type options struct {
 	heartbeat   time.Duration
 	maxBody     int
 	connName    string
+	fanout      bool // set by package fanout through internal/link
 }
 
 // Defaults of every option, as documented on each With… function.

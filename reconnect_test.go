@@ -2,26 +2,12 @@ package amqprpc
 
 import (
 	"context"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// rabbitmqctl runs the broker's control tool, for fault injection and for
-// looking at the broker without touching its queues, and returns its output.
-func rabbitmqctl(t testing.TB, args ...string) string {
-	t.Helper()
-	path, err := exec.LookPath("rabbitmqctl")
-	if err != nil {
-		path = "/usr/sbin/rabbitmqctl"
-	}
-	out, err := exec.Command(path, args...).CombinedOutput()
-	require.NoError(t, err, "rabbitmqctl %v: %s", args, out)
-	return string(out)
-}
 
 // After the broker closes every connection, the same Client and Server
 // work again without user action.

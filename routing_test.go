@@ -40,14 +40,6 @@ func (in *Inbox) messages(user string) []string {
 	return append([]string(nil), in.got[user]...)
 }
 
-// consumers is the number of consumers of queue.
-func consumers(t testing.TB, queue string) int {
-	t.Helper()
-	q, err := rawChannel(t).QueueDeclarePassive(queue, true, false, false, false, nil)
-	require.NoError(t, err)
-	return q.Consumers
-}
-
 func queueExists(t testing.TB, queue string) bool {
 	t.Helper()
 	_, err := rawChannel(t).QueueDeclarePassive(queue, true, false, false, false, nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/rpc"
 	"sync"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -22,6 +23,8 @@ type Server struct {
 	pubConn *transport.Conn
 	subConn *transport.Conn
 	pub     *transport.Publisher
+	queue   string                    // that Serve consumes
+	setup   func(*amqp.Channel) error // declares what Serve needs
 
 	mu sync.Mutex
 	// protects closed, serving and active
@@ -44,7 +47,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace)
+	n, err := newNames(namespace, o.fanout)
 	if err != nil {
 		return nil, err
 	}
@@ -66,6 +69,14 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 		return nil, err
 	}
 	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, active: make(map[*serverCodec]bool)}
+	s.queue, s.setup = n.requestQueue, n.declareRequestSide
+	if n.fanout { // a queue of its own, so that it gets every broadcast
+		id := randomHex(8)
+		s.queue = n.fanoutQueue(id)
+		s.setup = func(ch *amqp.Channel) error {
+			return errors.Join(n.declareRequestSide(ch), n.declareFanoutQueue(ch, id, o.replyExpiry))
+		}
+	}
 	if err := s.declare(); err != nil {
 		_ = s.closeConns()
 		return nil, err
@@ -82,7 +93,7 @@ func (s *Server) declare() error {
 	if err != nil {
 		return err
 	}
-	return errors.Join(s.names.declareRequestSide(ch), closeChannel(ch))
+	return errors.Join(s.setup(ch), closeChannel(ch))
 }
 
 // Serve handles requests until ctx is done or Close is called, then stops
@@ -94,11 +105,7 @@ func (s *Server) declare() error {
 // it cannot start consuming, ErrServing while another Serve runs, and
 // ErrClosed after Close. Serve may be called again after it returned.
 func (s *Server) Serve(ctx context.Context) error {
-	c, err := s.start(transport.ConsumerConfig{
-		Queue:    s.names.requestQueue,
-		Prefetch: s.opts.prefetch,
-		Setup:    s.names.declareRequestSide,
-	}, 0, true)
+	c, err := s.start(transport.ConsumerConfig{Queue: s.queue, Prefetch: s.opts.prefetch, Setup: s.setup}, 0, true)
 	if err != nil {
 		return err
 	}
@@ -207,9 +214,25 @@ func (s *Server) Close() error {
 		}
 		s.mu.Unlock()
 		s.running.Wait()
+		if s.names.fanout {
+			s.deleteQueue() // no broadcast should wait for a server that is gone
+		}
 		s.closeErr = errors.Join(s.pub.Close(), s.closeConns())
 	})
 	return s.closeErr
+}
+
+// deleteQueue deletes the fanout server's own queue, if the connection is
+// up; otherwise the broker deletes it after its expiry.
+func (s *Server) deleteQueue() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ch, err := s.subConn.Channel(ctx)
+	if err != nil {
+		return
+	}
+	_, _ = ch.QueueDelete(s.queue, false, false, false)
+	_ = closeChannel(ch)
 }
 
 func (s *Server) closeConns() error {
@@ -229,7 +252,7 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace)
+	n, err := newNames(namespace, o.fanout)
 	if err != nil {
 		return nil, err
 	}

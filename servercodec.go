@@ -26,6 +26,7 @@ type request struct {
 type serverCodec struct {
 	names
 	custom     codec.Codec // accepted besides the built-in codecs
+	fanout     bool        // ignored requests are acked, not put back
 	maxBody    int
 	log        *slog.Logger
 	pub        *transport.Publisher
@@ -70,6 +71,7 @@ func newServerCodec(cfg serverCodecConfig) *serverCodec {
 		deliveries: cfg.deliveries,
 		release:    cfg.release,
 		limit:      cfg.limit,
+		fanout:     cfg.names.fanout,
 		stopping:   make(chan struct{}),
 		pending:    make(map[uint64]*request),
 	}
@@ -189,6 +191,10 @@ func (c *serverCodec) WriteResponse(r *rpc.Response, body any) error {
 	if req == nil {
 		return fmt.Errorf("amqprpc: response to unknown request %d", r.Seq)
 	}
+	if r.Error == ErrIgnoreRequest.Error() {
+		c.ignore(req)
+		return nil
+	}
 	if r.Error != "" {
 		return c.publishReply(req, r.Error, nil)
 	}
@@ -222,6 +228,41 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 		c.settle(req, false)
 	}
 	return err
+}
+
+// ignore handles a request whose handler returned ErrIgnoreRequest. A
+// fanout server acks it without reply. A direct server puts a copy back
+// where it came from, counting the ignores in a header and waiting longer
+// each time, and acks the original once the copy is confirmed; after
+// ignoreLimit ignores it answers the caller with an error instead.
+func (c *serverCodec) ignore(req *request) {
+	if c.fanout {
+		c.settle(req, true)
+		return
+	}
+	n, _ := req.d.Headers[headerIgnored].(int32)
+	if int(n)+1 >= ignoreLimit {
+		_ = c.publishReply(req, fmt.Sprintf("amqprpc: no server took the request: ignored %d times", n+1), nil)
+		return
+	}
+	d := &req.d
+	headers := amqp.Table{}
+	for k, v := range d.Headers {
+		headers[k] = v
+	}
+	headers[headerIgnored] = n + 1
+	again := amqp.Publishing{
+		Headers: headers, ContentType: d.ContentType, DeliveryMode: d.DeliveryMode,
+		CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo, Expiration: d.Expiration,
+		MessageId: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, Body: d.Body,
+	}
+	time.AfterFunc(ignoreDelay(int(n)), func() {
+		err := c.pub.Publish(transport.Message{Exchange: d.Exchange, Key: d.RoutingKey, Publishing: again},
+			func(o transport.Outcome) { c.settle(req, o == transport.Acked) })
+		if err != nil {
+			c.settle(req, false)
+		}
+	})
 }
 
 // settle acks req (rejects it if it was malformed) once its reply is

@@ -21,7 +21,7 @@ type rawPeer struct {
 
 func newRawPeer(t *testing.T, ns string) *rawPeer {
 	ch := rawChannel(t)
-	n, _ := newNames(ns)
+	n, _ := newNames(ns, false)
 	require.NoError(t, n.declareRequestSide(ch))
 	q, err := ch.QueueDeclare("", false, true, true, false, nil) // exclusive
 	require.NoError(t, err)

@@ -10,13 +10,15 @@ import (
 
 // names are the broker objects of one namespace, as documented in doc.go.
 type names struct {
+	namespace        string
+	fanout           bool   // the request exchange is of type fanout
 	requestExchange  string // rpc_<ns>_request
 	responseExchange string // rpc_<ns>_response
 	requestQueue     string // rpc_<ns>_request
 	queuePrefix      string // rpc_<ns>_queue_, of extra request queues
 }
 
-func newNames(namespace string) (names, error) {
+func newNames(namespace string, fanout bool) (names, error) {
 	if namespace == "" {
 		return names{}, errors.New("amqprpc: empty namespace")
 	}
@@ -24,6 +26,8 @@ func newNames(namespace string) (names, error) {
 		return names{}, errors.New("amqprpc: namespace longer than 200 bytes")
 	}
 	return names{
+		namespace:        namespace,
+		fanout:           fanout,
 		requestExchange:  "rpc_" + namespace + "_request",
 		responseExchange: "rpc_" + namespace + "_response",
 		requestQueue:     "rpc_" + namespace + "_request",
@@ -32,16 +36,33 @@ func newNames(namespace string) (names, error) {
 }
 
 // replyQueue is the name of client id's reply queue.
-func (n names) replyQueue(namespace, id string) string {
-	return "rpc_" + namespace + "_" + id + "_response"
+func (n names) replyQueue(id string) string {
+	return "rpc_" + n.namespace + "_" + id + "_response"
 }
 
-// declareRequestSide declares both exchanges and the main request queue, bound
-// with key "": what a server consumes and what a client's first call needs to
-// wait in.
+// fanoutQueue is the name of fanout server id's own request queue.
+func (n names) fanoutQueue(id string) string {
+	return "rpc_" + n.namespace + "_fanout_" + id
+}
+
+// exchangeKind is the type of the request exchange.
+func (n names) exchangeKind() string {
+	if n.fanout {
+		return amqp.ExchangeFanout
+	}
+	return amqp.ExchangeDirect
+}
+
+// declareRequestSide declares both exchanges and, for a direct namespace, the
+// main request queue, bound with key "": what a server consumes and what a
+// client's first call needs to wait in. A fanout namespace has no shared
+// queue: each server declares its own (declareFanoutQueue).
 func (n names) declareRequestSide(ch *amqp.Channel) error {
 	if err := n.declareExchanges(ch); err != nil {
 		return err
+	}
+	if n.fanout {
+		return nil
 	}
 	if _, err := ch.QueueDeclare(n.requestQueue, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("amqprpc: declare queue %s: %w", n.requestQueue, err)
@@ -55,10 +76,38 @@ func (n names) declareRequestSide(ch *amqp.Channel) error {
 // declareExchanges declares the request and response exchanges: what a
 // publisher needs before its first message on a channel.
 func (n names) declareExchanges(ch *amqp.Channel) error {
-	for _, ex := range []string{n.requestExchange, n.responseExchange} {
-		if err := ch.ExchangeDeclare(ex, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
-			return fmt.Errorf("amqprpc: declare exchange %s: %w", ex, err)
+	if err := ch.ExchangeDeclare(n.requestExchange, n.exchangeKind(), true, false, false, false, nil); err != nil {
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
+			return fmt.Errorf("%w: exchange %s exists with a type other than %s, so namespace %q already serves %s calls: %w",
+				ErrNamespaceConflict, n.requestExchange, n.exchangeKind(), n.namespace, otherKind(n.fanout), err)
 		}
+		return fmt.Errorf("amqprpc: declare exchange %s: %w", n.requestExchange, err)
+	}
+	if err := ch.ExchangeDeclare(n.responseExchange, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("amqprpc: declare exchange %s: %w", n.responseExchange, err)
+	}
+	return nil
+}
+
+func otherKind(fanout bool) string {
+	if fanout {
+		return "direct (non-fanout)"
+	}
+	return "fanout"
+}
+
+// declareFanoutQueue declares fanout server id's own queue, durable so that
+// broadcasts wait in it through a reconnection, deleted by the broker after
+// expiry without consumer, and bound to the request exchange.
+func (n names) declareFanoutQueue(ch *amqp.Channel, id string, expiry time.Duration) error {
+	queue := n.fanoutQueue(id)
+	args := amqp.Table{"x-expires": int64(expiry / time.Millisecond)}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
+		return fmt.Errorf("amqprpc: declare queue %s: %w", queue, err)
+	}
+	if err := ch.QueueBind(queue, "", n.requestExchange, false, nil); err != nil {
+		return fmt.Errorf("amqprpc: bind queue %s: %w", queue, err)
 	}
 	return nil
 }

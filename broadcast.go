@@ -1,0 +1,175 @@
+package amqprpc
+
+import (
+	"context"
+	"fmt"
+	"net/rpc"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/amqprpc/amqprpc/codec"
+	"github.com/amqprpc/amqprpc/internal/link"
+	"github.com/amqprpc/amqprpc/internal/transport"
+)
+
+func init() {
+	link.Fanout = func() any {
+		return Option(func(o *options) error { o.fanout = true; return nil })
+	}
+	link.CallAll = func(client any, ctx context.Context, serviceMethod string, args any, newReply func() any, want int) ([]link.Result, error) {
+		return client.(*Client).callAll(ctx, serviceMethod, args, newReply, want)
+	}
+}
+
+// gather collects every reply to one broadcast; see callAll. Its replies
+// are raw: the caller decodes them on its own goroutine.
+type gather struct {
+	mu sync.Mutex
+	// protects replies and err
+	replies []amqp.Delivery
+	err     error         // the broadcast failed (no route, refused)
+	ready   chan struct{} // capacity 1: replies or err changed
+}
+
+func (g *gather) add(d amqp.Delivery, err error) {
+	g.mu.Lock()
+	if err != nil {
+		g.err = err
+	} else {
+		g.replies = append(g.replies, d)
+	}
+	g.mu.Unlock()
+	signal(g.ready)
+}
+
+func (g *gather) take() ([]amqp.Delivery, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	r := g.replies
+	g.replies = nil
+	return r, g.err
+}
+
+// callAll sends one request that every server of the namespace receives (the
+// namespace must be fanout) and gathers their replies until want arrived
+// (want <= 0: until ctx ends) or ctx ends. Without deadline in ctx the
+// default call timeout bounds it. It returns ctx.Err() only when nothing
+// arrived.
+func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, newReply func() any, want int) ([]link.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok && c.codec.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.codec.timeout)
+		defer cancel()
+	}
+	deadline, _ := ctx.Deadline()
+	cc := c.codec
+	_, inner := cc.routes.route(serviceMethod, args)
+	data, err := cc.codec.Marshal(inner)
+	if err != nil {
+		return nil, fmt.Errorf("amqprpc: encoding args of %s: %w", serviceMethod, err)
+	}
+
+	g := &gather{ready: make(chan struct{}, 1)}
+	seq := cc.gatherSeq.Add(1)
+	cc.mu.Lock()
+	cc.gathers[seq] = g
+	cc.mu.Unlock()
+	defer func() {
+		cc.mu.Lock()
+		delete(cc.gathers, seq)
+		cc.mu.Unlock()
+	}()
+
+	id := correlationID(cc.gatherPrefix, seq)
+	err = cc.pub.Publish(transport.Message{
+		Exchange:  cc.requestExchange,
+		Mandatory: true,
+		Publishing: amqp.Publishing{
+			ContentType:   cc.codec.ContentType(),
+			CorrelationId: id,
+			MessageId:     id,
+			ReplyTo:       cc.replyTo,
+			Type:          serviceMethod,
+			Expiration:    expiration(deadline),
+			Body:          data,
+		},
+	}, func(o transport.Outcome) {
+		switch o {
+		case transport.Nacked:
+			g.add(amqp.Delivery{}, ErrRefused)
+		case transport.Returned: // a fanout exchange without any server queue
+			g.add(amqp.Delivery{}, &noRouteError{})
+		}
+	})
+	if err != nil {
+		return nil, rpc.ErrShutdown
+	}
+
+	var results []link.Result
+	for {
+		select {
+		case <-g.ready:
+			replies, err := g.take()
+			for i := range replies {
+				results = append(results, cc.decodeResult(&replies[i], newReply))
+			}
+			if err != nil && len(results) == 0 {
+				return nil, err
+			}
+			if want > 0 && len(results) >= want {
+				return results, nil
+			}
+		case <-ctx.Done():
+			if len(results) == 0 {
+				return nil, ctx.Err()
+			}
+			return results, nil
+		case <-cc.closed:
+			if len(results) == 0 {
+				return nil, rpc.ErrShutdown
+			}
+			return results, nil
+		}
+	}
+}
+
+// decodeResult turns one reply to a broadcast into a Result.
+func (c *clientCodec) decodeResult(d *amqp.Delivery, newReply func() any) link.Result {
+	if e, isErr := d.Headers[headerError]; isErr {
+		text, _ := e.(string)
+		if text == "" {
+			text = "amqprpc: remote error without text"
+		}
+		return link.Result{Err: rpc.ServerError(text)}
+	}
+	reply := newReply()
+	cd, ok := codec.ByContentType(d.ContentType, c.codec)
+	if !ok {
+		return link.Result{Reply: reply, Err: fmt.Errorf("amqprpc: reply has unknown content type %q", d.ContentType)}
+	}
+	if err := cd.Unmarshal(d.Body, reply); err != nil {
+		return link.Result{Reply: reply, Err: fmt.Errorf("amqprpc: decoding reply: %w", err)}
+	}
+	return link.Result{Reply: reply}
+}
+
+// ignoreLimit is how many times a direct request may be ignored
+// (ErrIgnoreRequest) before its caller is told that no server took it.
+const ignoreLimit = 10
+
+// headerIgnored counts, on a request put back after ErrIgnoreRequest, how
+// many times servers ignored it.
+const headerIgnored = "x-amqprpc-ignored"
+
+// ignoreDelay is how long a direct server holds a request it ignored for
+// the n-th time before putting it back: 50 ms, doubling, at most 500 ms, so
+// that an ignored request cannot spin through the queue.
+func ignoreDelay(n int) time.Duration {
+	d := 50 * time.Millisecond << min(n, 4)
+	return min(d, 500*time.Millisecond)
+}

@@ -1,0 +1,217 @@
+package fanout_test
+
+import (
+	"context"
+	"errors"
+	"net/rpc"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amqprpc/amqprpc"
+	"github.com/amqprpc/amqprpc/fanout"
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+)
+
+func TestMain(m *testing.M) { brokertest.Main(m) }
+
+// Node is one server's service: it counts the broadcasts it ran.
+type Node struct {
+	name   string
+	ran    atomic.Int32
+	ignore bool
+	gate   chan struct{} // if not nil, calls wait for it
+}
+
+func (n *Node) Ping(arg string, reply *string) error {
+	if n.gate != nil {
+		<-n.gate
+	}
+	n.ran.Add(1)
+	if n.ignore {
+		return amqprpc.ErrIgnoreRequest
+	}
+	*reply = n.name + ":" + arg
+	return nil
+}
+
+func (n *Node) Fail(arg string, reply *string) error {
+	return errors.New(n.name + " failed")
+}
+
+func startNode(t *testing.T, ns string, n *Node) *fanout.Server {
+	t.Helper()
+	rcvr := rpc.NewServer()
+	require.NoError(t, rcvr.RegisterName("Node", n))
+	s, err := fanout.NewServer(brokertest.URL(), ns, rcvr)
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		require.NoError(t, s.Close())
+		require.NoError(t, <-served)
+	})
+	return s
+}
+
+func dial(t *testing.T, ns string, opts ...amqprpc.Option) *fanout.Client {
+	t.Helper()
+	c, err := fanout.Dial(brokertest.URL(), ns, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, c.Close()) })
+	return c
+}
+
+func newString() any { return new(string) }
+
+func replies(results []fanout.Result) []string {
+	var out []string
+	for _, r := range results {
+		if r.Err == nil {
+			out = append(out, *r.Reply.(*string))
+		}
+	}
+	return out
+}
+
+// Three servers each run a broadcast once; CallAll(…, 3) returns as soon as
+// the third reply arrives, long before its context ends.
+func TestCallAllGathersEveryServer(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	nodes := []*Node{{name: "a"}, {name: "b"}, {name: "c"}}
+	for _, n := range nodes {
+		startNode(t, ns, n)
+	}
+	c := dial(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := c.CallAll(ctx, "Node.Ping", "x", newString, 3)
+	require.NoError(t, err)
+	assert.NoError(t, ctx.Err(), "CallAll returned before its context ended")
+	assert.ElementsMatch(t, []string{"a:x", "b:x", "c:x"}, replies(results))
+	for _, n := range nodes {
+		assert.Equal(t, int32(1), n.ran.Load(), n.name)
+	}
+}
+
+// A server that ignores the broadcast sends nothing and acks it: two
+// replies, no error.
+func TestCallAllWithAnIgnoringServer(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	quiet := &Node{name: "quiet", ignore: true}
+	startNode(t, ns, &Node{name: "a"})
+	startNode(t, ns, &Node{name: "b"})
+	startNode(t, ns, quiet)
+	c := dial(t, ns)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	results, err := c.CallAll(ctx, "Node.Ping", "y", newString, 0) // until ctx ends
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"a:y", "b:y"}, replies(results))
+	assert.Equal(t, int32(1), quiet.ran.Load())
+	out := brokertest.Rabbitmqctl(t, "list_queues", "-q", "name", "messages_unacknowledged", "messages_ready")
+	assert.NotRegexp(t, `rpc_`+ns+`_fanout_\S+\s+[1-9]`, out, "the ignored broadcast was acked")
+}
+
+// Remote errors come back per server.
+func TestCallAllErrors(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	startNode(t, ns, &Node{name: "a"})
+	startNode(t, ns, &Node{name: "b"})
+	c := dial(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := c.CallAll(ctx, "Node.Fail", "z", newString, 2)
+	require.NoError(t, err)
+	require.Len(t, results, 2)
+	var texts []string
+	for _, r := range results {
+		var se rpc.ServerError
+		require.ErrorAs(t, r.Err, &se)
+		texts = append(texts, string(se))
+	}
+	assert.ElementsMatch(t, []string{"a failed", "b failed"}, texts)
+}
+
+// Call returns the first reply, as the original did.
+func TestCallReturnsFirstReply(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	startNode(t, ns, &Node{name: "a"})
+	startNode(t, ns, &Node{name: "b"})
+	c := dial(t, ns)
+	var reply string
+	require.NoError(t, c.Call("Node.Ping", "first", &reply))
+	assert.Contains(t, []string{"a:first", "b:first"}, reply)
+	require.Eventually(t, func() bool { return c.Dropped() == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the second reply is dropped")
+}
+
+// No server at all: CallAll fails at once instead of waiting.
+func TestCallAllWithoutServers(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	c := dial(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := c.CallAll(ctx, "Node.Ping", "x", newString, 1)
+	require.ErrorIs(t, err, amqprpc.ErrNoRoute)
+	assert.NoError(t, ctx.Err())
+}
+
+// A restarted server, and a server whose connections were cut, keep
+// receiving broadcasts.
+func TestServerRestartAndReconnect(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	a := &Node{name: "a"}
+	startNode(t, ns, a)
+	first, err := fanout.NewServer(brokertest.URL(), ns, func() *rpc.Server {
+		r := rpc.NewServer()
+		require.NoError(t, r.RegisterName("Node", &Node{name: "b"}))
+		return r
+	}())
+	require.NoError(t, err)
+	go first.Serve(context.Background())
+	c := dial(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := c.CallAll(ctx, "Node.Ping", "1", newString, 2)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"a:1", "b:1"}, replies(results))
+
+	require.NoError(t, first.Close()) // "b" restarts
+	startNode(t, ns, &Node{name: "b2"})
+	results, err = c.CallAll(ctx, "Node.Ping", "2", newString, 2)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"a:2", "b2:2"}, replies(results))
+
+	brokertest.Rabbitmqctl(t, "close_all_connections", "fault test")
+	results, err = c.CallAll(ctx, "Node.Ping", "3", newString, 2)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"a:3", "b2:3"}, replies(results))
+	assert.Equal(t, int32(3), a.ran.Load(), "every broadcast ran once on a")
+}
+
+// A fanout and a direct service cannot share a namespace.
+func TestNamespaceConflict(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	direct, err := amqprpc.Dial(brokertest.URL(), ns)
+	require.NoError(t, err)
+	defer direct.Close()
+
+	_, err = fanout.Dial(brokertest.URL(), ns)
+	require.ErrorIs(t, err, amqprpc.ErrNamespaceConflict)
+	assert.Contains(t, err.Error(), "rpc_"+ns+"_request")
+	_, err = fanout.NewServer(brokertest.URL(), ns, nil)
+	require.ErrorIs(t, err, amqprpc.ErrNamespaceConflict)
+
+	ns2 := brokertest.Namespace(t)
+	f, err := fanout.Dial(brokertest.URL(), ns2)
+	require.NoError(t, err)
+	defer f.Close()
+	_, err = amqprpc.NewServer(brokertest.URL(), ns2, nil)
+	require.ErrorIs(t, err, amqprpc.ErrNamespaceConflict)
+	assert.Contains(t, err.Error(), "fanout")
+}

@@ -1,0 +1,128 @@
+// Package brokertest holds what the integration tests of every package need
+// to use the real RabbitMQ: its URL, the skip-or-fail rule, namespaces of
+// their own, a raw channel, and rabbitmqctl for faults.
+package brokertest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
+)
+
+// URL is where the integration tests find RabbitMQ: AMQP_URL, or a local
+// broker with the default guest account.
+func URL() string {
+	if u := os.Getenv("AMQP_URL"); u != "" {
+		return u
+	}
+	return "amqp://guest:guest@127.0.0.1:5672/"
+}
+
+var brokerErr error // nil when the broker answered at start
+
+// Main is TestMain for packages with integration tests. Without a broker it
+// fails the run when AMQPRPC_REQUIRE_BROKER=1 (make test, CI), and otherwise
+// says once that integration tests and examples are skipped.
+func Main(m *testing.M) {
+	flag.Parse()
+	conn, err := amqp.DialConfig(URL(), amqp.Config{Dial: amqp.DefaultDial(3 * time.Second)})
+	if err == nil {
+		_ = conn.Close()
+	}
+	brokerErr = err
+	if err != nil {
+		if os.Getenv("AMQPRPC_REQUIRE_BROKER") == "1" {
+			fmt.Fprintf(os.Stderr, "amqprpc: AMQPRPC_REQUIRE_BROKER=1 but no broker at %s: %v\n", transport.Redact(URL()), err)
+			os.Exit(1)
+		}
+		fmt.Fprintf(os.Stderr, "amqprpc: no broker at %s (%v): integration tests and examples are skipped; `make test` starts one\n",
+			transport.Redact(URL()), err)
+		_ = flag.Set("test.skip", "^Example")
+	}
+	os.Exit(m.Run())
+}
+
+// Need skips t when there is no broker (Main already failed the run when
+// one is required).
+func Need(t testing.TB) {
+	t.Helper()
+	if brokerErr != nil {
+		t.Skip("no broker: ", brokerErr)
+	}
+}
+
+// Namespace returns a namespace of t's own and deletes its request and
+// response exchanges and main request queue when t ends.
+func Namespace(t testing.TB) string {
+	t.Helper()
+	Need(t)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	ns := "test_" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		conn, err := amqp.Dial(URL())
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		ch, err := conn.Channel()
+		if err != nil {
+			return
+		}
+		_, _ = ch.QueueDelete("rpc_"+ns+"_request", false, false, false)
+		_ = ch.ExchangeDelete("rpc_"+ns+"_request", false, false)
+		_ = ch.ExchangeDelete("rpc_"+ns+"_response", false, false)
+	})
+	return ns
+}
+
+// Channel is a plain amqp091-go channel for looking at and forging
+// messages, closed when t ends.
+func Channel(t testing.TB) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(URL())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	return ch
+}
+
+// QueueDepth is the number of ready messages in queue.
+func QueueDepth(t testing.TB, queue string) int {
+	t.Helper()
+	q, err := Channel(t).QueueDeclarePassive(queue, true, false, false, false, nil)
+	require.NoError(t, err)
+	return q.Messages
+}
+
+// Consumers is the number of consumers of queue.
+func Consumers(t testing.TB, queue string) int {
+	t.Helper()
+	q, err := Channel(t).QueueDeclarePassive(queue, true, false, false, false, nil)
+	require.NoError(t, err)
+	return q.Consumers
+}
+
+// Rabbitmqctl runs the broker's control tool, for fault injection and for
+// looking at the broker without touching its queues, and returns its output.
+func Rabbitmqctl(t testing.TB, args ...string) string {
+	t.Helper()
+	path, err := exec.LookPath("rabbitmqctl")
+	if err != nil {
+		path = "/usr/sbin/rabbitmqctl"
+	}
+	out, err := exec.Command(path, args...).CombinedOutput()
+	require.NoError(t, err, "rabbitmqctl %v: %s", args, out)
+	return string(out)
+}
