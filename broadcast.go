@@ -89,13 +89,13 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 	err = cc.pub.Publish(transport.Message{
 		Exchange:  cc.requestExchange,
 		Mandatory: true,
+		Deadline:  deadline,
 		Publishing: amqp.Publishing{
 			ContentType:   cc.codec.ContentType(),
 			CorrelationId: id,
 			MessageId:     id,
 			ReplyTo:       cc.replyTo,
 			Type:          serviceMethod,
-			Expiration:    expiration(deadline),
 			Body:          data,
 		},
 	}, func(o transport.Outcome) {

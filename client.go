@@ -63,13 +63,12 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 		_ = pubConn.Close()
 		return nil, err
 	}
-	cc, err := newClientCodecOn(pubConn, subConn, n, id, o)
+	cc, err := newClientCodecOn(pubConn, subConn, n, id, o, joinClose(pubConn.Close, subConn.Close))
 	if err != nil {
 		_ = pubConn.Close()
 		_ = subConn.Close()
 		return nil, err
 	}
-	cc.release = joinClose(cc.release, pubConn.Close, subConn.Close)
 	return &Client{
 		Client: rpc.NewClientWithCodec(cc),
 		codec:  cc,
@@ -104,21 +103,20 @@ func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 		id = randomHex(8)
 	}
 	tc := transport.Wrap(conn, o.logger)
-	cc, err := newClientCodecOn(tc, tc, n, id, o)
+	cc, err := newClientCodecOn(tc, tc, n, id, o, tc.Close)
 	if err != nil {
 		_ = tc.Close()
 		return nil, err
 	}
-	cc.release = joinClose(cc.release, tc.Close)
 	return cc, nil
 }
 
 // newClientCodecOn declares the client's topology and consumes its reply
 // queue on subConn, and publishes on pubConn; it redoes both after every
-// reconnection.
-func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *options) (*clientCodec, error) {
+// reconnection. The codec's Close ends with closeConns.
+func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *options, closeConns func() error) (*clientCodec, error) {
 	queue := n.replyQueue(id)
-	replies, err := subConn.Consume(transport.ConsumerConfig{
+	replies, err := subConn.Consume(context.Background(), transport.ConsumerConfig{
 		Queue:    queue,
 		Prefetch: replyPrefetch,
 		Setup: func(ch *amqp.Channel) error {
@@ -142,13 +140,20 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		opts:       o,
 		pub:        pub,
 		deliveries: replies.Deliveries(),
-		release:    joinClose(replies.Close, pub.Close),
+		release:    joinClose(replies.Close, stopPublisher(pub), closeConns, pub.Close),
 	}), nil
 }
 
 // replyPrefetch bounds the replies in flight to one client: enough that the
 // broker never waits for the client's acks.
 const replyPrefetch = 1024
+
+// stopPublisher returns a func for joinClose that stops pub without waiting:
+// the connection must close before waiting for a publisher that a blocked
+// broker may have stuck in a write.
+func stopPublisher(pub *transport.Publisher) func() error {
+	return func() error { pub.Stop(); return nil }
+}
 
 // joinClose returns a func that calls each of fns in order and joins their
 // errors.
@@ -190,11 +195,10 @@ func (c *Client) start(serviceMethod string, args, reply any, deadline time.Time
 	// net/rpc serialises sends under its own lock anyway; this one only
 	// keeps info paired with its call.
 	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
 	c.codec.next = info
-	call := c.Client.Go(serviceMethod, args, reply, done)
-	c.codec.next = nil
-	c.sendMu.Unlock()
-	return call, info
+	defer func() { c.codec.next = nil }() // also if a Tune function panics
+	return c.Client.Go(serviceMethod, args, reply, done), info
 }
 
 // CallContext invokes serviceMethod and waits for its reply or for ctx to

@@ -148,13 +148,13 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 		Exchange:  c.requestExchange,
 		Key:       key,
 		Mandatory: true,
+		Deadline:  ttl, // the publisher turns it into the expiration when it sends
 		Publishing: amqp.Publishing{
 			ContentType:   c.codec.ContentType(),
 			CorrelationId: id,
 			MessageId:     id,
 			ReplyTo:       c.replyTo,
 			Type:          r.ServiceMethod,
-			Expiration:    expiration(ttl),
 			Body:          data,
 		},
 	}, func(o transport.Outcome) {

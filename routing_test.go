@@ -244,6 +244,9 @@ func TestReceiveCountsOnlyWellFormedCalls(t *testing.T) {
 	} {
 		require.NoError(t, ch.Publish("rpc_"+ns+"_request", "dan", false, false, m))
 	}
+	// They are queued before the good call (another connection's publish
+	// could overtake them).
+	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_queue_dan") == 3 }, 5*time.Second, 10*time.Millisecond)
 	var ok bool
 	call := c.Go("Inbox.ShowMessage", To("dan", Message{"dan", "real"}), &ok, nil)
 	n, err := s.ReceiveFromQueue(ctx, "dan", 1)

@@ -33,8 +33,10 @@ type Server struct {
 	active  map[*serverCodec]bool // the codecs of running Serve and ReceiveFromQueue calls
 	running sync.WaitGroup        // running Serve and ReceiveFromQueue calls
 
-	closeOnce sync.Once
-	closeErr  error
+	closing     context.Context    // ends with Close
+	stopClosing context.CancelFunc // ends closing
+	closeOnce   sync.Once
+	closeErr    error
 }
 
 // NewServer connects to the broker at url and declares the namespace's
@@ -69,6 +71,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 		return nil, err
 	}
 	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, active: make(map[*serverCodec]bool)}
+	s.closing, s.stopClosing = context.WithCancel(context.Background())
 	s.queue, s.setup = n.requestQueue, n.declareRequestSide
 	if n.fanout { // a queue of its own, so that it gets every broadcast
 		id := randomHex(8)
@@ -105,7 +108,7 @@ func (s *Server) declare() error {
 // it cannot start consuming, ErrServing while another Serve runs, and
 // ErrClosed after Close. Serve may be called again after it returned.
 func (s *Server) Serve(ctx context.Context) error {
-	c, err := s.start(transport.ConsumerConfig{Queue: s.queue, Prefetch: s.opts.prefetch, Setup: s.setup}, 0, true)
+	c, err := s.start(ctx, transport.ConsumerConfig{Queue: s.queue, Prefetch: s.opts.prefetch, Setup: s.setup}, 0, true)
 	if err != nil {
 		return err
 	}
@@ -118,31 +121,47 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // start begins consuming for Serve (main) or ReceiveFromQueue and returns
 // the codec that reads the deliveries, registered with the server so that
-// Close stops it.
-func (s *Server) start(cfg transport.ConsumerConfig, limit int, main bool) (*serverCodec, error) {
+// Close stops it. Waiting for the connection ends with ctx or Close.
+func (s *Server) start(ctx context.Context, cfg transport.ConsumerConfig, limit int, main bool) (*serverCodec, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	switch {
 	case s.closed:
+		s.mu.Unlock()
 		return nil, ErrClosed
 	case main && s.serving:
+		s.mu.Unlock()
 		return nil, ErrServing
 	}
-	k, err := s.subConn.Consume(cfg)
+	s.serving = s.serving || main
+	s.running.Add(1)
+	s.mu.Unlock()
+
+	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, limit: limit})
+	if limit > 0 {
+		cfg.Remaining = c.remaining
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.closing, cancel)()
+	k, err := s.subConn.Consume(ctx, cfg)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err != nil {
+		if main {
+			s.serving = false
+		}
+		s.running.Done()
+		if s.closed {
+			return nil, ErrClosed
+		}
 		return nil, err
 	}
-	c := newServerCodec(serverCodecConfig{
-		names:      s.names,
-		opts:       s.opts,
-		pub:        s.pub,
-		deliveries: k.Deliveries(),
-		release:    k.Close,
-		limit:      limit,
-	})
-	s.serving = s.serving || main
+	c.attach(k)
 	s.active[c] = true
-	s.running.Add(1)
+	if s.closed { // Close ran while we waited: stop at once
+		c.stop()
+	}
 	return c, nil
 }
 
@@ -186,20 +205,21 @@ func (s *Server) ReceiveFromQueue(ctx context.Context, queue string, maxCalls in
 	if maxCalls <= 0 {
 		prefetch = s.opts.prefetch
 	}
-	c, err := s.start(transport.ConsumerConfig{Queue: name, Prefetch: prefetch, WaitForQueue: true}, maxCalls, false)
+	c, err := s.start(ctx, transport.ConsumerConfig{Queue: name, Prefetch: prefetch, WaitForQueue: true}, maxCalls, false)
 	if err != nil {
 		return 0, err
 	}
 	s.serve(ctx, c, false)
+	n := int(c.count.Load())
 	switch {
-	case maxCalls > 0 && c.count >= maxCalls:
-		return c.count, nil
+	case maxCalls > 0 && n >= maxCalls:
+		return n, nil
 	case ctx.Err() != nil:
-		return c.count, ctx.Err()
+		return n, ctx.Err()
 	case c.lost != nil:
-		return c.count, c.lost
+		return n, c.lost
 	}
-	return c.count, ErrClosed
+	return n, ErrClosed
 }
 
 // Close stops running Serve and ReceiveFromQueue calls as ctx cancellation
@@ -209,6 +229,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
+		s.stopClosing() // interrupts a start waiting for the connection
 		for c := range s.active {
 			c.stop()
 		}
@@ -217,7 +238,8 @@ func (s *Server) Close() error {
 		if s.names.fanout {
 			s.deleteQueue() // no broadcast should wait for a server that is gone
 		}
-		s.closeErr = errors.Join(s.pub.Close(), s.closeConns())
+		s.pub.Stop()
+		s.closeErr = errors.Join(s.closeConns(), s.pub.Close())
 	})
 	return s.closeErr
 }
@@ -257,7 +279,7 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 		return nil, err
 	}
 	tc := transport.Wrap(conn, o.logger)
-	k, err := tc.Consume(transport.ConsumerConfig{Queue: n.requestQueue, Prefetch: o.prefetch, Setup: n.declareRequestSide})
+	k, err := tc.Consume(context.Background(), transport.ConsumerConfig{Queue: n.requestQueue, Prefetch: o.prefetch, Setup: n.declareRequestSide})
 	if err != nil {
 		_ = tc.Close()
 		return nil, err
@@ -268,13 +290,10 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 		_ = tc.Close()
 		return nil, err
 	}
-	return newServerCodec(serverCodecConfig{
-		names:      n,
-		opts:       o,
-		pub:        pub,
-		deliveries: k.Deliveries(),
-		release:    joinClose(k.Close, pub.Close, tc.Close),
-	}), nil
+	c := newServerCodec(serverCodecConfig{names: n, opts: o, pub: pub})
+	c.attach(k)
+	c.release = joinClose(k.Close, stopPublisher(pub), tc.Close, pub.Close)
+	return c, nil
 }
 
 // closeChannel closes ch; a channel already closed (with its connection) is

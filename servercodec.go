@@ -5,7 +5,9 @@ import (
 	"io"
 	"log/slog"
 	"net/rpc"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -17,9 +19,10 @@ import (
 // request is a delivery the server codec has handed to net/rpc and not yet
 // settled (acked or rejected).
 type request struct {
-	d     amqp.Delivery
-	codec codec.Codec
-	bad   bool // its body did not decode: reject rather than ack
+	d        amqp.Delivery
+	codec    codec.Codec
+	bad      bool      // its body did not decode: reject rather than ack
+	deadline time.Time // from its expiration: its reply is worthless after it
 }
 
 // serverCodec is the rpc.ServerCodec behind Server; see NewServerCodec.
@@ -32,6 +35,7 @@ type serverCodec struct {
 	pub        *transport.Publisher
 	deliveries <-chan amqp.Delivery
 	release    func() error // stops consuming (unacked deliveries go back), once
+	cancel     func()       // asks the broker for no more deliveries
 
 	stopping  chan struct{} // closed by stop: no further reads
 	stopOnce  sync.Once
@@ -47,35 +51,42 @@ type serverCodec struct {
 	// Read side: net/rpc reads header/body pairs from one goroutine.
 	seq   uint64
 	cur   *request
-	limit int // of well-formed calls to read; <= 0: no limit
-	count int // well-formed calls read so far
+	limit int          // of well-formed calls to read; <= 0: no limit
+	count atomic.Int64 // well-formed calls read so far (also read by the consumer)
 
 }
 
 type serverCodecConfig struct {
 	names
-	opts       *options
-	pub        *transport.Publisher
-	deliveries <-chan amqp.Delivery
-	release    func() error
-	limit      int // stop after this many well-formed calls; <= 0: no limit
+	opts  *options
+	pub   *transport.Publisher
+	limit int // stop after this many well-formed calls; <= 0: no limit
 }
 
 func newServerCodec(cfg serverCodecConfig) *serverCodec {
 	return &serverCodec{
-		names:      cfg.names,
-		custom:     cfg.opts.codec,
-		maxBody:    cfg.opts.maxBody,
-		log:        cfg.opts.logger,
-		pub:        cfg.pub,
-		deliveries: cfg.deliveries,
-		release:    cfg.release,
-		limit:      cfg.limit,
-		fanout:     cfg.names.fanout,
-		stopping:   make(chan struct{}),
-		pending:    make(map[uint64]*request),
+		names:    cfg.names,
+		custom:   cfg.opts.codec,
+		maxBody:  cfg.opts.maxBody,
+		log:      cfg.opts.logger,
+		pub:      cfg.pub,
+		limit:    cfg.limit,
+		fanout:   cfg.names.fanout,
+		stopping: make(chan struct{}),
+		pending:  make(map[uint64]*request),
 	}
 }
+
+// attach gives the codec the consumer whose deliveries it reads; closing
+// the codec closes it.
+func (c *serverCodec) attach(k *transport.Consumer) {
+	c.deliveries = k.Deliveries()
+	c.release = k.Close
+	c.cancel = k.Cancel
+}
+
+// remaining is how many more calls a codec with a limit may take.
+func (c *serverCodec) remaining() int { return c.limit - int(c.count.Load()) }
 
 // stop makes ReadRequestHeader return io.EOF, so net/rpc's ServeCodec waits
 // for its running handlers and then calls Close.
@@ -88,7 +99,7 @@ func (c *serverCodec) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }
 // the consumer ends (io.EOF; the cause is kept for Serve).
 func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
 	c.cur = nil
-	if c.limit > 0 && c.count >= c.limit {
+	if c.limit > 0 && c.count.Load() >= int64(c.limit) {
 		return io.EOF
 	}
 	for {
@@ -106,6 +117,9 @@ func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
 				return io.EOF
 			}
 			req := &request{d: d}
+			if ms, err := strconv.ParseInt(d.Expiration, 10, 64); err == nil && ms > 0 {
+				req.deadline = time.Now().Add(time.Duration(ms) * time.Millisecond)
+			}
 			if reason := c.check(req); reason != "" {
 				c.refuse(req, reason)
 				continue
@@ -116,7 +130,7 @@ func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
 			c.pending[c.seq] = req
 			c.mu.Unlock()
 			c.cur = req
-			c.count++ // until ReadRequestBody finds otherwise
+			c.count.Add(1) // until ReadRequestBody finds otherwise
 			*r = rpc.Request{ServiceMethod: d.Type, Seq: c.seq}
 			return nil
 		}
@@ -151,7 +165,7 @@ func (c *serverCodec) refuse(req *request, reason string) {
 	req.bad = true
 	c.inflight.Add(1)
 	if req.d.ReplyTo == "" || req.d.CorrelationId == "" {
-		c.settle(req, false)
+		c.settle(req, transport.Abandoned)
 		return
 	}
 	_ = c.publishReply(req, "amqprpc: "+reason, nil)
@@ -167,13 +181,18 @@ func (c *serverCodec) ReadRequestBody(body any) error {
 		return nil
 	}
 	if body == nil { // net/rpc found no such method: not a well-formed call
-		c.count--
+		c.count.Add(-1)
 		return nil
 	}
 	if err := req.codec.Unmarshal(req.d.Body, body); err != nil {
 		req.bad = true
-		c.count--
+		c.count.Add(-1)
 		return fmt.Errorf("amqprpc: decoding args: %w", err)
+	}
+	if c.limit > 0 && c.count.Load() == int64(c.limit) {
+		// The last call we may take: stop the broker from sending more
+		// while the running ones are acked.
+		c.cancel()
 	}
 	return nil
 }
@@ -211,7 +230,6 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 	msg := amqp.Publishing{
 		CorrelationId: req.d.CorrelationId,
 		Type:          req.d.Type,
-		Expiration:    req.d.Expiration, // a reply is worth no more than its request
 		Body:          body,
 	}
 	if req.codec != nil { // nil: the request's content type was unknown
@@ -222,10 +240,11 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 	}
 	// Replies only ever go to this namespace's response exchange: reply_to
 	// is a routing key there, whatever it says.
-	err := c.pub.Publish(transport.Message{Exchange: c.responseExchange, Key: req.d.ReplyTo, Publishing: msg},
-		func(o transport.Outcome) { c.settle(req, o == transport.Acked) })
+	// A reply is worth no more than its request: it expires with it.
+	err := c.pub.Publish(transport.Message{Exchange: c.responseExchange, Key: req.d.ReplyTo, Deadline: req.deadline, Publishing: msg},
+		func(o transport.Outcome) { c.settle(req, o) })
 	if err != nil {
-		c.settle(req, false)
+		c.settle(req, transport.Abandoned)
 	}
 	return err
 }
@@ -237,7 +256,7 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 // ignoreLimit ignores it answers the caller with an error instead.
 func (c *serverCodec) ignore(req *request) {
 	if c.fanout {
-		c.settle(req, true)
+		c.settle(req, transport.Acked)
 		return
 	}
 	n, _ := req.d.Headers[headerIgnored].(int32)
@@ -253,29 +272,30 @@ func (c *serverCodec) ignore(req *request) {
 	headers[headerIgnored] = n + 1
 	again := amqp.Publishing{
 		Headers: headers, ContentType: d.ContentType, DeliveryMode: d.DeliveryMode,
-		CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo, Expiration: d.Expiration,
+		CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo,
 		MessageId: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, Body: d.Body,
 	}
 	time.AfterFunc(ignoreDelay(int(n)), func() {
-		err := c.pub.Publish(transport.Message{Exchange: d.Exchange, Key: d.RoutingKey, Publishing: again},
-			func(o transport.Outcome) { c.settle(req, o == transport.Acked) })
+		err := c.pub.Publish(transport.Message{Exchange: d.Exchange, Key: d.RoutingKey, Deadline: req.deadline, Publishing: again},
+			func(o transport.Outcome) { c.settle(req, o) })
 		if err != nil {
-			c.settle(req, false)
+			c.settle(req, transport.Abandoned)
 		}
 	})
 }
 
-// settle acks req (rejects it if it was malformed) once its reply is
-// confirmed; without confirm it requeues a good request for another try.
-// A delivery from a channel lost since cannot be settled: the broker has
-// requeued it already.
-func (c *serverCodec) settle(req *request, confirmed bool) {
+// settle acks req once its reply is confirmed, or expired unsent (nobody
+// waits for it any more), and rejects it if it was malformed; otherwise
+// (refused, abandoned) it requeues the request for another try. A delivery
+// from a channel lost since cannot be settled: the broker has requeued it
+// already.
+func (c *serverCodec) settle(req *request, o transport.Outcome) {
 	defer c.inflight.Done()
 	var err error
 	switch {
 	case req.bad:
 		err = req.d.Reject(false)
-	case confirmed:
+	case o == transport.Acked || o == transport.Expired:
 		err = req.d.Ack(false)
 	default:
 		err = req.d.Nack(false, true)

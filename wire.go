@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // The AMQP mapping of a net/rpc call (see doc.go, "Wire format"):
@@ -45,17 +44,4 @@ func parseCorrelationID(prefix, id string) (seq uint64, ok bool) {
 	}
 	seq, err := strconv.ParseUint(rest, 10, 64)
 	return seq, err == nil
-}
-
-// expiration renders the time left until deadline as an AMQP per-message
-// TTL; it is "" (no TTL) for a zero deadline and at least "1".
-func expiration(deadline time.Time) string {
-	if deadline.IsZero() {
-		return ""
-	}
-	ms := time.Until(deadline).Milliseconds()
-	if ms < 1 {
-		ms = 1
-	}
-	return strconv.FormatInt(ms, 10)
 }

@@ -46,8 +46,10 @@ type Conn struct {
 	redial  bool // false for a wrapped connection: a loss is final
 	backoff Backoff
 
-	done chan struct{} // closed by Close
-	wg   sync.WaitGroup
+	done   chan struct{} // closed by Close
+	ctx    context.Context
+	cancel context.CancelFunc // ends ctx, interrupting a redial, with Close
+	wg     sync.WaitGroup
 
 	mu sync.Mutex
 	// protects conn, up and lost
@@ -59,7 +61,7 @@ type Conn struct {
 // Open dials url and keeps the connection up until Close. The first dial is
 // synchronous: its error (wrong URL, credentials, TLS) is returned.
 func Open(url string, cfg Config, log *slog.Logger) (*Conn, error) {
-	conn, err := Dial(url, cfg)
+	conn, err := Dial(context.Background(), url, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -73,11 +75,13 @@ func Open(url string, cfg Config, log *slog.Logger) (*Conn, error) {
 // Wrap adopts a connection the caller owns: no redial, and Close leaves conn
 // open. Once conn closes, Channel returns ErrClosed.
 func Wrap(conn *amqp.Connection, log *slog.Logger) *Conn {
+	// c.ctx is unused: a wrapped connection never redials.
 	return start(&Conn{log: log}, conn)
 }
 
 func start(c *Conn, conn *amqp.Connection) *Conn {
 	c.done = make(chan struct{})
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.up = make(chan struct{})
 	c.setUp(conn)
 	c.wg.Add(1)
@@ -103,7 +107,9 @@ func (c *Conn) watch(conn *amqp.Connection) {
 		case reason = <-closed:
 		case <-c.done:
 			if c.redial {
-				_ = conn.Close()
+				// A broker that blocks this connection (memory alarm) stops
+				// reading it: don't wait for its close-ok forever.
+				_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
 			}
 			return
 		}
@@ -128,7 +134,7 @@ func (c *Conn) watch(conn *amqp.Connection) {
 				t.Stop()
 				return
 			}
-			next, err := Dial(c.url, c.cfg)
+			next, err := Dial(c.ctx, c.url, c.cfg)
 			if err == nil {
 				conn = next
 				break
@@ -184,8 +190,12 @@ func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
 // Done is closed by Close.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
-// Close stops reconnecting, closes the connection (unless it was wrapped)
-// and waits for the Conn's goroutine. It is idempotent.
+// closeTimeout bounds how long closing a connection waits for the broker.
+const closeTimeout = 5 * time.Second
+
+// Close stops reconnecting (interrupting a dial in progress), closes the
+// connection (unless it was wrapped) and waits for the Conn's goroutine. It
+// is idempotent.
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	select {
@@ -194,6 +204,7 @@ func (c *Conn) Close() error {
 		return nil
 	default:
 		close(c.done)
+		c.cancel()
 	}
 	c.mu.Unlock()
 	c.wg.Wait()

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -15,14 +17,18 @@ import (
 type ConsumerConfig struct {
 	Queue    string
 	Prefetch int
+	// Remaining, if set, says how many more deliveries the consumer may
+	// take: a new channel's prefetch is at most that, and at zero the
+	// consumer does not consume again.
+	Remaining func() int
 	// Setup runs on every new channel before consuming, to declare what the
 	// consumer needs (it may be nil). Its error ends the first attempt; on
 	// later reconnections it is retried.
 	Setup func(*amqp.Channel) error
 	// WaitForQueue makes a missing queue (404 NOT_FOUND) a reason to wait
-	// and retry every PollInterval, rather than an error.
+	// and look again, every 50 ms at first and then less often, up to every
+	// second, rather than an error.
 	WaitForQueue bool
-	PollInterval time.Duration
 }
 
 // Consumer consumes a queue on channels of a Conn and survives their loss:
@@ -34,6 +40,7 @@ type Consumer struct {
 	conn *Conn
 	cfg  ConsumerConfig
 	log  *slog.Logger
+	tag  string // consumer tag, the same on every channel
 	out  chan amqp.Delivery
 	ctx  context.Context // ends with Close
 	stop context.CancelFunc
@@ -43,28 +50,31 @@ type Consumer struct {
 	resumed chan struct{}
 
 	mu sync.Mutex
-	// protects ch
-	ch *amqp.Channel
+	// protects ch and cancelled
+	ch        *amqp.Channel
+	cancelled bool // by Cancel: consume no more
 }
 
 // errQueueMissing is open's error for a queue that does not exist (yet).
 var errQueueMissing = errors.New("queue not found")
 
-// Consume starts consuming. The first attempt is synchronous and its error
-// is returned, except a missing queue when cfg.WaitForQueue is set: then
-// Consume returns at once and the consumer waits for the queue.
-func (c *Conn) Consume(cfg ConsumerConfig) (*Consumer, error) {
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 100 * time.Millisecond
-	}
-	ctx, stop := context.WithCancel(context.Background())
+// Consume starts consuming. The first attempt is synchronous, waits for the
+// connection up to ctx, and its error is returned, except a missing queue
+// when cfg.WaitForQueue is set: then Consume returns at once and the
+// consumer waits for the queue.
+func (c *Conn) Consume(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
+	kctx, stop := context.WithCancel(context.Background())
 	k := &Consumer{
-		conn: c, cfg: cfg, log: c.log, ctx: ctx, stop: stop,
+		conn: c, cfg: cfg, log: c.log, ctx: kctx, stop: stop,
+		tag:     "amqprpc-" + strconv.FormatUint(consumerSeq.Add(1), 10),
 		out:     make(chan amqp.Delivery),
 		done:    make(chan struct{}),
 		resumed: make(chan struct{}, 1),
 	}
-	deliveries, err := k.open()
+	firstCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(kctx, cancel)()
+	deliveries, err := k.open(firstCtx)
 	if err != nil && !(cfg.WaitForQueue && errors.Is(err, errQueueMissing)) {
 		stop()
 		return nil, err
@@ -73,9 +83,28 @@ func (c *Conn) Consume(cfg ConsumerConfig) (*Consumer, error) {
 	return k, nil
 }
 
+// consumerSeq numbers consumer tags within the process.
+var consumerSeq atomic.Uint64
+
+// errCancelled is open's error once Cancel was called.
+var errCancelled = errors.New("amqprpc: consumer cancelled")
+
 // open opens a channel and consumes on it.
-func (k *Consumer) open() (<-chan amqp.Delivery, error) {
-	ch, err := k.conn.Channel(k.ctx)
+func (k *Consumer) open(ctx context.Context) (<-chan amqp.Delivery, error) {
+	k.mu.Lock()
+	cancelled := k.cancelled
+	k.mu.Unlock()
+	if cancelled {
+		return nil, errCancelled
+	}
+	prefetch := k.cfg.Prefetch
+	if k.cfg.Remaining != nil {
+		prefetch = min(prefetch, k.cfg.Remaining())
+		if prefetch <= 0 {
+			return nil, errCancelled
+		}
+	}
+	ch, err := k.conn.Channel(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -85,10 +114,10 @@ func (k *Consumer) open() (<-chan amqp.Delivery, error) {
 				return nil, err
 			}
 		}
-		if err := ch.Qos(k.cfg.Prefetch, 0, false); err != nil {
+		if err := ch.Qos(prefetch, 0, false); err != nil {
 			return nil, fmt.Errorf("amqprpc: qos: %w", err)
 		}
-		d, err := ch.Consume(k.cfg.Queue, "", false, false, false, false, nil)
+		d, err := ch.Consume(k.cfg.Queue, k.tag, false, false, false, false, nil)
 		if err != nil {
 			var ae *amqp.Error
 			if errors.As(err, &ae) && ae.Code == amqp.NotFound {
@@ -104,10 +133,11 @@ func (k *Consumer) open() (<-chan amqp.Delivery, error) {
 	}
 	k.mu.Lock()
 	k.ch = ch
+	cancelled = k.cancelled
 	k.mu.Unlock()
-	if k.ctx.Err() != nil { // Close ran meanwhile and may have missed ch
+	if k.ctx.Err() != nil || cancelled { // Close or Cancel ran meanwhile and may have missed ch
 		_ = ch.Close()
-		return nil, k.ctx.Err()
+		return nil, errCancelled
 	}
 	return deliveries, nil
 }
@@ -117,6 +147,7 @@ func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
 	defer close(k.done)
 	defer close(k.out)
 	first := true
+	var wait time.Duration
 	for {
 		if deliveries != nil {
 			if !first {
@@ -134,20 +165,28 @@ func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
 				}
 			}
 			k.mu.Lock()
-			ch := k.ch
-			k.ch = nil
+			ch, cancelled := k.ch, k.cancelled
+			if !cancelled {
+				k.ch = nil
+			}
 			k.mu.Unlock()
+			if cancelled {
+				// basic.cancel ended the stream, but deliveries still
+				// unacked must be acked on this channel: Close closes it.
+				return
+			}
 			_ = ch.Close()
 		}
 		if k.ctx.Err() != nil {
 			return
 		}
 		var err error
-		deliveries, err = k.open()
+		deliveries, err = k.open(k.ctx)
 		if err == nil {
+			wait = 0
 			continue
 		}
-		if errors.Is(err, ErrClosed) || k.ctx.Err() != nil {
+		if errors.Is(err, ErrClosed) || errors.Is(err, errCancelled) || k.ctx.Err() != nil {
 			return
 		}
 		if errors.Is(err, errQueueMissing) {
@@ -156,8 +195,11 @@ func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
 			k.log.Debug("amqprpc: consuming again failed; retrying", "queue", k.cfg.Queue, "err", err)
 		}
 		deliveries = nil
+		// Look again soon, then less often: every look at a missing queue
+		// costs the broker a channel.
+		wait = min(max(2*wait, 50*time.Millisecond), time.Second)
 		select {
-		case <-time.After(k.cfg.PollInterval):
+		case <-time.After(wait):
 		case <-k.ctx.Done():
 			return
 		}
@@ -170,6 +212,19 @@ func (k *Consumer) Deliveries() <-chan amqp.Delivery { return k.out }
 
 // Resumed receives a value after consuming resumed on a new channel.
 func (k *Consumer) Resumed() <-chan struct{} { return k.resumed }
+
+// Cancel asks the broker to deliver no more (basic.cancel) and stops the
+// consumer from consuming again after a reconnection. Deliveries already
+// received stay unacked until they are settled or Close requeues them.
+func (k *Consumer) Cancel() {
+	k.mu.Lock()
+	k.cancelled = true
+	ch := k.ch
+	k.mu.Unlock()
+	if ch != nil {
+		_ = ch.Cancel(k.tag, false)
+	}
+}
 
 // Close stops consuming and closes the current channel, so the broker
 // requeues every delivery not yet acked. It waits for the consumer's

@@ -4,8 +4,10 @@
 package transport
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/url"
 	"time"
 
@@ -25,8 +27,12 @@ type Config struct {
 	Backoff Backoff
 }
 
-// Dial opens one AMQP connection. Its errors never contain the password.
-func Dial(rawURL string, cfg Config) (*amqp.Connection, error) {
+// handshakeTimeout bounds the TCP connect and the TLS and AMQP handshakes.
+const handshakeTimeout = 30 * time.Second
+
+// Dial opens one AMQP connection; ending ctx interrupts it. Its errors never
+// contain the password.
+func Dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, error) {
 	props := amqp.NewConnectionProperties()
 	if cfg.Name != "" {
 		props.SetClientConnectionName(cfg.Name)
@@ -36,11 +42,43 @@ func Dial(rawURL string, cfg Config) (*amqp.Connection, error) {
 		TLSClientConfig: cfg.TLS,
 		Properties:      props,
 		Locale:          "en_US",
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: handshakeTimeout}
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// amqp091-go clears this deadline once the handshake is done;
+			// until then ctx can cut the handshake short too.
+			_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
+			stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+			return &stopOnClose{Conn: c, stop: stop}, nil
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("amqprpc: dial %s: %w", Redact(rawURL), err)
 	}
 	return conn, nil
+}
+
+// stopOnClose releases the dial context's hook once the handshake is done
+// (amqp091-go then clears the deadline) or the connection closes, so that
+// ending the context later does not cut a live connection.
+type stopOnClose struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *stopOnClose) SetDeadline(t time.Time) error {
+	if t.IsZero() {
+		c.stop()
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *stopOnClose) Close() error {
+	c.stop()
+	return c.Conn.Close()
 }
 
 // Redact returns rawURL with its password replaced by "xxxxx", for logs and

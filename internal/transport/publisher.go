@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -23,9 +24,12 @@ const (
 	Returned
 	// Nacked: the broker refused the message.
 	Nacked
-	// Abandoned: the publisher was closed before the broker answered. The
-	// message may or may not have reached the broker.
+	// Abandoned: the publisher was closed before the broker answered, or
+	// the message was sent maxTries times without confirm. It may or may
+	// not have reached the broker.
 	Abandoned
+	// Expired: its Deadline passed before it could be sent.
+	Expired
 )
 
 // Confirmed receives a message's Outcome. It runs on the publisher's goroutine
@@ -38,13 +42,23 @@ type Message struct {
 	// Mandatory messages that no queue takes come back as Returned. They
 	// must carry a MessageId unique among the publisher's unconfirmed ones.
 	Mandatory bool
+	// Deadline, if set, is when the message stops being worth sending: a
+	// message still waiting then is dropped (Expired), and the Expiration
+	// of one sent is the time left until it, computed when it is written.
+	Deadline time.Time
 	amqp.Publishing
 }
 
 type entry struct {
 	Message
-	done Confirmed
+	done  Confirmed
+	tries int // channels it was written to
 }
+
+// maxTries bounds how often a message is written to a channel that then
+// closed before confirming it: a message the broker closes channels over
+// (too large, say) must not block the ones behind it forever.
+const maxTries = 10
 
 // Publisher publishes on a confirm-mode channel of a Conn and survives its
 // loss. Publish only queues the message: one goroutine writes the queue to
@@ -140,31 +154,57 @@ func (p *Publisher) Publish(m Message, done Confirmed) error {
 // when one is lost, opens the next and sends again whatever was unconfirmed.
 func (p *Publisher) run(l *link) {
 	defer close(p.done)
+	var wait time.Duration // before reopening after a channel that failed fast
 	for {
+		opened := time.Now()
 		unconfirmed := p.serve(l)
+		var failed []*entry
+		kept := unconfirmed[:0]
+		for _, e := range unconfirmed {
+			if e.tries >= maxTries {
+				failed = append(failed, e)
+			} else {
+				kept = append(kept, e)
+			}
+		}
 		p.mu.Lock()
-		p.queued = append(unconfirmed, p.queued...)
+		p.queued = append(kept, p.queued...)
 		p.mu.Unlock()
+		for _, e := range failed {
+			p.log.Warn("amqprpc: giving up on a message that keeps losing its channel",
+				"exchange", e.Exchange, "key", e.Key, "tries", e.tries)
+			if e.done != nil {
+				e.done(Abandoned)
+			}
+		}
 		_ = l.ch.Close()
 
-		var err error
+		// A channel the broker closes right after opening (a message it
+		// refuses, a missing exchange) must not make us spin.
+		if time.Since(opened) < time.Second {
+			wait = min(max(2*wait, 50*time.Millisecond), time.Second)
+		} else {
+			wait = 0
+		}
 		for l = nil; l == nil; {
+			if wait > 0 {
+				select {
+				case <-p.ctx.Done():
+				case <-time.After(wait):
+				}
+			}
 			if p.ctx.Err() != nil {
 				p.abandon()
 				return
 			}
+			var err error
 			if l, err = p.open(); err != nil {
 				if errors.Is(err, ErrClosed) || p.ctx.Err() != nil {
 					p.abandon()
 					return
 				}
-				// The connection is up but the channel failed: try again
-				// shortly rather than spin.
 				p.log.Debug("amqprpc: reopening the publish channel failed", "err", err)
-				select {
-				case <-p.ctx.Done():
-				case <-time.After(100 * time.Millisecond):
-				}
+				wait = min(max(2*wait, 50*time.Millisecond), time.Second)
 			}
 		}
 	}
@@ -189,7 +229,7 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 	}()
 	var returned map[string]bool
 	p.select1() // send what was queued before l was up
-	wake, stopping := p.wake, p.ctx.Done()
+	wake, stopping, returns := p.wake, p.ctx.Done(), l.returns
 	var chClosed chan struct{} // closed once Close's channel.close is done
 	defer func() {
 		if chClosed != nil {
@@ -211,13 +251,29 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			batch := p.queued[:n:n]
 			p.queued = p.queued[n:]
 			p.mu.Unlock()
+			now := time.Now()
 			for i, e := range batch {
+				if !e.Deadline.IsZero() {
+					left := e.Deadline.Sub(now).Milliseconds()
+					if left <= 0 {
+						if e.done != nil {
+							e.done(Expired)
+						}
+						continue
+					}
+					e.Expiration = strconv.FormatInt(left, 10)
+				}
 				if err := l.ch.Publish(e.Exchange, e.Key, e.Mandatory, false, e.Publishing); err != nil {
+					// The channel is gone: keep the rest for the next one,
+					// and take the confirms still buffered until the
+					// stream ends.
 					p.mu.Lock()
 					p.queued = append(batch[i:], p.queued...)
 					p.mu.Unlock()
-					return // the channel is gone: its confirms will not come
+					wake = nil
+					break
 				}
+				e.tries++
 				tag++
 				sent[tag] = e
 			}
@@ -231,9 +287,13 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			// A return precedes its message's ack on the wire, and amqp091-go
 			// dispatches both from one goroutine: it is already buffered.
 		drain:
-			for {
+			for returns != nil {
 				select {
-				case r := <-l.returns:
+				case r, ok := <-returns:
+					if !ok {
+						returns = nil
+						break drain
+					}
 					if returned == nil {
 						returned = make(map[string]bool)
 					}
@@ -244,7 +304,11 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			}
 			e := sent[c.DeliveryTag]
 			delete(sent, c.DeliveryTag)
-			if wake == nil && stopping != nil && len(sent) < maxInFlight {
+			wasReturned := e != nil && e.Mandatory && returned[e.MessageId]
+			if wasReturned {
+				delete(returned, e.MessageId)
+			}
+			if wake == nil && stopping != nil && !l.ch.IsClosed() && len(sent) < maxInFlight {
 				wake = p.wake
 				p.select1()
 			}
@@ -254,8 +318,7 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			switch {
 			case !c.Ack:
 				e.done(Nacked)
-			case e.Mandatory && returned[e.MessageId]:
-				delete(returned, e.MessageId)
+			case wasReturned:
 				e.done(Returned)
 			default:
 				e.done(Acked)
@@ -291,13 +354,21 @@ func (p *Publisher) abandon() {
 	}
 }
 
-// Close stops publishing: messages not yet confirmed get Abandoned. It waits
-// for the publisher's goroutine and is idempotent.
-func (p *Publisher) Close() error {
+// Stop stops publishing without waiting: further Publish calls fail, and
+// messages not yet confirmed get Abandoned once the goroutine has ended.
+func (p *Publisher) Stop() {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
 	p.stop()
+}
+
+// Close stops publishing and waits for the publisher's goroutine. When the
+// broker blocks the connection (memory alarm), that goroutine may be stuck
+// writing until the connection closes: call Stop, close the connection,
+// then Close. It is idempotent.
+func (p *Publisher) Close() error {
+	p.Stop()
 	<-p.done
 	return nil
 }
