@@ -92,6 +92,7 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 		Deadline:  deadline,
 		Publishing: amqp.Publishing{
 			ContentType:   cc.codec.ContentType(),
+			DeliveryMode:  cc.delivery,
 			CorrelationId: id,
 			MessageId:     id,
 			ReplyTo:       cc.replyTo,

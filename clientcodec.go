@@ -33,6 +33,7 @@ type clientCodec struct {
 	prefix     string // of every correlation id: random, ends in "."
 	codec      codec.Codec
 	timeout    time.Duration
+	delivery   uint8 // delivery mode of requests: transient or persistent
 	log        *slog.Logger
 	pub        *transport.Publisher
 	deliveries <-chan amqp.Delivery
@@ -151,6 +152,7 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 		Deadline:  ttl, // the publisher turns it into the expiration when it sends
 		Publishing: amqp.Publishing{
 			ContentType:   c.codec.ContentType(),
+			DeliveryMode:  c.delivery,
 			CorrelationId: id,
 			MessageId:     id,
 			ReplyTo:       c.replyTo,
@@ -170,6 +172,15 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 		return rpc.ErrShutdown
 	}
 	return nil
+}
+
+// deliveryMode is the AMQP delivery mode for persistent or transient
+// messages.
+func deliveryMode(persistent bool) uint8 {
+	if persistent {
+		return amqp.Persistent
+	}
+	return amqp.Transient
 }
 
 // take removes seq from the pending calls and returns it, or nil when the

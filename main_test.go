@@ -15,6 +15,7 @@ var (
 	testNamespace = brokertest.Namespace
 	rawChannel    = brokertest.Channel
 	queueDepth    = brokertest.QueueDepth
+	queueMessages = brokertest.Messages
 	consumers     = brokertest.Consumers
 	rabbitmqctl   = brokertest.Rabbitmqctl
 )

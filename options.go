@@ -26,6 +26,8 @@ type options struct {
 	maxBody     int
 	connName    string
 	fanout      bool // set by package fanout through internal/link
+	dedupe      time.Duration
+	persistent  bool
 }
 
 // Defaults of every option, as documented on each With… function.
@@ -35,6 +37,7 @@ const (
 	DefaultCallTimeout = 60 * time.Second
 	DefaultHeartbeat   = 10 * time.Second
 	DefaultMaxBodySize = 4 << 20
+	DefaultDedupWindow = time.Minute
 )
 
 func newOptions(opts []Option) (*options, error) {
@@ -46,6 +49,7 @@ func newOptions(opts []Option) (*options, error) {
 		callTimeout: DefaultCallTimeout,
 		heartbeat:   DefaultHeartbeat,
 		maxBody:     DefaultMaxBodySize,
+		dedupe:      DefaultDedupWindow,
 	}
 	for _, opt := range opts {
 		if opt == nil {
@@ -184,6 +188,37 @@ func WithMaxBodySize(n int) Option {
 func WithConnectionName(name string) Option {
 	return func(o *options) error {
 		o.connName = name
+		return nil
+	}
+}
+
+// WithDedupWindow sets how long a server remembers the calls it answered, so
+// that a request it receives again (redelivered after a lost connection, or
+// published again by a client that lost the broker's confirm) is acked
+// without running its handler twice. A duplicate that arrives while its
+// original still runs waits for the original's reply. Each remembered call
+// costs about 20 bytes, for one to two windows. Duplicates that reach
+// another server process, or come after a server restart, still run again
+// (at-least-once). Default: 1 minute ([DefaultDedupWindow]). Zero turns
+// duplicate detection off; negative is an error.
+func WithDedupWindow(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("amqprpc: WithDedupWindow(%v): negative", d)
+		}
+		o.dedupe = d
+		return nil
+	}
+}
+
+// WithPersistent makes requests persistent (delivery mode 2), and servers
+// answer persistent requests with persistent replies, so that calls waiting
+// in durable queues survive a broker restart. It costs the broker a disk
+// write per message. Default: off (transient messages, lost if the broker
+// restarts; calls then fail by their deadline).
+func WithPersistent() Option {
+	return func(o *options) error {
+		o.persistent = true
 		return nil
 	}
 }

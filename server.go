@@ -23,6 +23,7 @@ type Server struct {
 	pubConn *transport.Conn
 	subConn *transport.Conn
 	pub     *transport.Publisher
+	seen    *dedupe                   // calls answered recently, shared by all consumers
 	queue   string                    // that Serve consumes
 	setup   func(*amqp.Channel) error // declares what Serve needs
 
@@ -72,6 +73,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 	}
 	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, active: make(map[*serverCodec]bool)}
 	s.closing, s.stopClosing = context.WithCancel(context.Background())
+	s.seen = newDedupe(o.dedupe)
 	s.queue, s.setup = n.requestQueue, n.declareRequestSide
 	if n.fanout { // a queue of its own, so that it gets every broadcast
 		id := randomHex(8)
@@ -136,7 +138,7 @@ func (s *Server) start(ctx context.Context, cfg transport.ConsumerConfig, limit 
 	s.running.Add(1)
 	s.mu.Unlock()
 
-	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, limit: limit})
+	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, seen: s.seen, limit: limit})
 	if limit > 0 {
 		cfg.Remaining = c.remaining
 	}
@@ -163,21 +165,6 @@ func (s *Server) start(ctx context.Context, cfg transport.ConsumerConfig, limit 
 		c.stop()
 	}
 	return c, nil
-}
-
-// serve runs net/rpc's ServeCodec on c until ctx ends, Close, c's limit or
-// the loss of c's consumer; it returns once c's calls are settled.
-func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
-	defer s.running.Done()
-	stop := context.AfterFunc(ctx, c.stop)
-	s.rcvr.ServeCodec(c) // returns after c.Close
-	stop()
-	s.mu.Lock()
-	delete(s.active, c)
-	if main {
-		s.serving = false
-	}
-	s.mu.Unlock()
 }
 
 // ReceiveFromQueue handles calls from the request queue made by
@@ -290,7 +277,7 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 		_ = tc.Close()
 		return nil, err
 	}
-	c := newServerCodec(serverCodecConfig{names: n, opts: o, pub: pub})
+	c := newServerCodec(serverCodecConfig{names: n, opts: o, pub: pub, seen: newDedupe(o.dedupe)})
 	c.attach(k)
 	c.release = joinClose(k.Close, stopPublisher(pub), tc.Close, pub.Close)
 	return c, nil

@@ -16,16 +16,21 @@ import (
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
-// request is a delivery the server codec has handed to net/rpc and not yet
-// settled (acked or rejected).
+// request is a delivery taken from a request queue and not yet settled
+// (acked, rejected or requeued).
 type request struct {
 	d        amqp.Delivery
+	owner    *serverCodec
 	codec    codec.Codec
-	bad      bool      // its body did not decode: reject rather than ack
-	deadline time.Time // from its expiration: its reply is worthless after it
+	deadline time.Time   // from its expiration: its reply is worthless after it
+	key      uint64      // in the server's dedupe; 0: none
+	bad      bool        // malformed: reject rather than ack
+	answered atomic.Bool // respond ran
 }
 
-// serverCodec is the rpc.ServerCodec behind Server; see NewServerCodec.
+// serverCodec reads one consumer's requests, answers them and settles them.
+// Server drives it through next, decode and respond, one goroutine per call;
+// NewServerCodec users drive it through net/rpc's ServerCodec methods.
 type serverCodec struct {
 	names
 	custom     codec.Codec // accepted besides the built-in codecs
@@ -33,6 +38,7 @@ type serverCodec struct {
 	maxBody    int
 	log        *slog.Logger
 	pub        *transport.Publisher
+	seen       *dedupe // nil: no duplicate detection
 	deliveries <-chan amqp.Delivery
 	release    func() error // stops consuming (unacked deliveries go back), once
 	cancel     func()       // asks the broker for no more deliveries
@@ -42,24 +48,26 @@ type serverCodec struct {
 	closeOnce sync.Once
 	closeErr  error
 	lost      error          // set by the reader when deliveries ended on their own
-	inflight  sync.WaitGroup // requests read and not yet settled
+	inflight  sync.WaitGroup // requests taken and not yet settled
 
+	limit     int           // of well-formed calls to take; <= 0: no limit
+	count     atomic.Int64  // well-formed calls taken so far (also read by the consumer)
+	undecided atomic.Int64  // calls taken whose args are not decoded yet
+	decided   chan struct{} // capacity 1: undecided went down
+
+	// net/rpc's ServerCodec side (NewServerCodec): one reader goroutine.
 	mu sync.Mutex
 	// protects pending
 	pending map[uint64]*request
-
-	// Read side: net/rpc reads header/body pairs from one goroutine.
-	seq   uint64
-	cur   *request
-	limit int          // of well-formed calls to read; <= 0: no limit
-	count atomic.Int64 // well-formed calls read so far (also read by the consumer)
-
+	seq     uint64
+	cur     *request
 }
 
 type serverCodecConfig struct {
 	names
 	opts  *options
 	pub   *transport.Publisher
+	seen  *dedupe
 	limit int // stop after this many well-formed calls; <= 0: no limit
 }
 
@@ -70,9 +78,11 @@ func newServerCodec(cfg serverCodecConfig) *serverCodec {
 		maxBody:  cfg.opts.maxBody,
 		log:      cfg.opts.logger,
 		pub:      cfg.pub,
+		seen:     cfg.seen,
 		limit:    cfg.limit,
 		fanout:   cfg.names.fanout,
 		stopping: make(chan struct{}),
+		decided:  make(chan struct{}, 1),
 		pending:  make(map[uint64]*request),
 	}
 }
@@ -88,53 +98,81 @@ func (c *serverCodec) attach(k *transport.Consumer) {
 // remaining is how many more calls a codec with a limit may take.
 func (c *serverCodec) remaining() int { return c.limit - int(c.count.Load()) }
 
-// stop makes ReadRequestHeader return io.EOF, so net/rpc's ServeCodec waits
-// for its running handlers and then calls Close.
+// stop makes next (and ReadRequestHeader) return io.EOF.
 func (c *serverCodec) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }
 
-// ReadRequestHeader returns the next well-formed request. A malformed one is
-// refused inside the codec (an error reply where it has a reply address, and
-// a reject without requeue) and never returned as an error, which would end
-// ServeCodec. It blocks until a request arrives, stop is called (io.EOF) or
-// the consumer ends (io.EOF; the cause is kept for Serve).
-func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
-	c.cur = nil
-	if c.limit > 0 && c.count.Load() >= int64(c.limit) {
-		return io.EOF
-	}
+// next returns the next well-formed request that is not a duplicate. A
+// malformed one is refused (an error reply where it has a reply address, and
+// a reject without requeue); a duplicate waits for, or is acked after, the
+// run of its original. It blocks until a request arrives, stop is called
+// (io.EOF), the limit is reached (io.EOF) or the consumer ends for good
+// (io.EOF, with lost set).
+func (c *serverCodec) next() (*request, error) {
 	for {
+		for c.limit > 0 && c.count.Load() >= int64(c.limit) {
+			// Calls whose args are still being decoded may turn out
+			// malformed and not count: wait for them before stopping.
+			if c.undecided.Load() == 0 {
+				return nil, io.EOF
+			}
+			select {
+			case <-c.decided:
+			case <-c.stopping:
+				return nil, io.EOF
+			}
+		}
 		select {
 		case <-c.stopping:
-			return io.EOF
+			return nil, io.EOF
 		default:
 		}
 		select {
 		case <-c.stopping:
-			return io.EOF
+			return nil, io.EOF
 		case d, ok := <-c.deliveries:
 			if !ok {
 				c.lost = errConsumerEnded
-				return io.EOF
+				return nil, io.EOF
 			}
-			req := &request{d: d}
+			req := &request{d: d, owner: c}
 			if ms, err := strconv.ParseInt(d.Expiration, 10, 64); err == nil && ms > 0 {
 				req.deadline = time.Now().Add(time.Duration(ms) * time.Millisecond)
 			}
+			c.inflight.Add(1)
 			if reason := c.check(req); reason != "" {
 				c.refuse(req, reason)
 				continue
 			}
-			c.seq++
-			c.inflight.Add(1)
-			c.mu.Lock()
-			c.pending[c.seq] = req
-			c.mu.Unlock()
-			c.cur = req
-			c.count.Add(1) // until ReadRequestBody finds otherwise
-			*r = rpc.Request{ServiceMethod: d.Type, Seq: c.seq}
-			return nil
+			if !c.admit(req) {
+				continue
+			}
+			c.count.Add(1) // until decode finds otherwise
+			c.undecided.Add(1)
+			return req, nil
 		}
 	}
+}
+
+// admit checks req against the calls the server has run recently; false
+// means req is a duplicate, already acked or parked behind its original.
+func (c *serverCodec) admit(req *request) bool {
+	if c.seen == nil {
+		return true
+	}
+	if req.key = c.seen.key(req); req.key == 0 {
+		return true
+	}
+	switch c.seen.begin(req.key, req) {
+	case answered:
+		c.log.Debug("amqprpc: acked a duplicate of an answered request", "correlation_id", req.d.CorrelationId)
+		req.key = 0
+		c.settle(req, transport.Acked)
+		return false
+	case parked:
+		c.log.Debug("amqprpc: a duplicate waits for its original", "correlation_id", req.d.CorrelationId)
+		return false
+	}
+	return true
 }
 
 // check returns why req cannot be served, or "".
@@ -158,12 +196,13 @@ func (c *serverCodec) check(req *request) string {
 
 // refuse answers a malformed request with an error reply, if it has a reply
 // address, and rejects it without requeue (to the dead-letter exchange, if
-// the queue has one), so it cannot loop.
+// the queue has one), so it cannot loop. The caller has counted it in
+// inflight.
 func (c *serverCodec) refuse(req *request, reason string) {
 	c.log.Warn("amqprpc: refused request", "reason", reason,
 		"type", req.d.Type, "correlation_id", req.d.CorrelationId)
 	req.bad = true
-	c.inflight.Add(1)
+	req.answered.Store(true)
 	if req.d.ReplyTo == "" || req.d.CorrelationId == "" {
 		c.settle(req, transport.Abandoned)
 		return
@@ -171,16 +210,15 @@ func (c *serverCodec) refuse(req *request, reason string) {
 	_ = c.publishReply(req, "amqprpc: "+reason, nil)
 }
 
-// ReadRequestBody decodes the current request's args into body; a nil body
-// discards them. A body that does not decode is answered by net/rpc with an
-// error reply, and the request is then rejected instead of acked.
-func (c *serverCodec) ReadRequestBody(body any) error {
-	req := c.cur
-	c.cur = nil
-	if req == nil {
-		return nil
-	}
-	if body == nil { // net/rpc found no such method: not a well-formed call
+// decode decodes req's args into body; a nil body (net/rpc found no such
+// method) discards them. Either way, or when the args do not decode, the
+// call does not count as well-formed.
+func (c *serverCodec) decode(req *request, body any) error {
+	defer func() {
+		c.undecided.Add(-1)
+		signal(c.decided)
+	}()
+	if body == nil {
 		c.count.Add(-1)
 		return nil
 	}
@@ -189,7 +227,7 @@ func (c *serverCodec) ReadRequestBody(body any) error {
 		c.count.Add(-1)
 		return fmt.Errorf("amqprpc: decoding args: %w", err)
 	}
-	if c.limit > 0 && c.count.Load() == int64(c.limit) {
+	if c.limit > 0 && c.count.Load() == int64(c.limit) && c.undecided.Load() == 1 {
 		// The last call we may take: stop the broker from sending more
 		// while the running ones are acked.
 		c.cancel()
@@ -197,39 +235,39 @@ func (c *serverCodec) ReadRequestBody(body any) error {
 	return nil
 }
 
-// WriteResponse publishes the reply of request r.Seq to the response
-// exchange, routed by the request's reply_to. It does not wait for the
-// broker: the request is acked once the reply is confirmed (or requeued if
-// the broker refuses the reply), so a crash before that loses nothing.
-// net/rpc serialises calls to it.
-func (c *serverCodec) WriteResponse(r *rpc.Response, body any) error {
-	c.mu.Lock()
-	req := c.pending[r.Seq]
-	delete(c.pending, r.Seq)
-	c.mu.Unlock()
-	if req == nil {
-		return fmt.Errorf("amqprpc: response to unknown request %d", r.Seq)
+// respond publishes req's reply (errText, or body encoded in the request's
+// codec) to the response exchange, routed by the request's reply_to. It
+// does not wait for the broker: the request is acked once the reply is
+// confirmed (or requeued if the broker refuses it), so a crash before that
+// loses nothing. Only its first call per request does anything.
+func (c *serverCodec) respond(req *request, errText string, body any) error {
+	if !req.answered.CompareAndSwap(false, true) {
+		return nil
 	}
-	if r.Error == ErrIgnoreRequest.Error() {
+	if errText == ErrIgnoreRequest.Error() {
 		c.ignore(req)
 		return nil
 	}
-	if r.Error != "" {
-		return c.publishReply(req, r.Error, nil)
+	if errText != "" {
+		return c.publishReply(req, errText, nil)
 	}
 	data, err := req.codec.Marshal(body)
-	if err != nil {
+	switch {
+	case err != nil:
 		return c.publishReply(req, "amqprpc: encoding reply: "+err.Error(), nil)
+	case len(data) > c.maxBody:
+		return c.publishReply(req, fmt.Sprintf("amqprpc: reply of %d bytes exceeds the limit of %d", len(data), c.maxBody), nil)
 	}
 	return c.publishReply(req, "", data)
 }
 
 // publishReply sends the reply (errText or body) of req and settles req once
-// the broker confirms it. The caller has counted req in inflight.
+// the broker confirms it.
 func (c *serverCodec) publishReply(req *request, errText string, body []byte) error {
 	msg := amqp.Publishing{
 		CorrelationId: req.d.CorrelationId,
 		Type:          req.d.Type,
+		DeliveryMode:  req.d.DeliveryMode, // persistent requests get persistent replies
 		Body:          body,
 	}
 	if req.codec != nil { // nil: the request's content type was unknown
@@ -239,8 +277,8 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 		msg.Headers = amqp.Table{headerError: errText}
 	}
 	// Replies only ever go to this namespace's response exchange: reply_to
-	// is a routing key there, whatever it says.
-	// A reply is worth no more than its request: it expires with it.
+	// is a routing key there, whatever it says. A reply is worth no more
+	// than its request: it expires with it.
 	err := c.pub.Publish(transport.Message{Exchange: c.responseExchange, Key: req.d.ReplyTo, Deadline: req.deadline, Publishing: msg},
 		func(o transport.Outcome) { c.settle(req, o) })
 	if err != nil {
@@ -264,6 +302,9 @@ func (c *serverCodec) ignore(req *request) {
 		_ = c.publishReply(req, fmt.Sprintf("amqprpc: no server took the request: ignored %d times", n+1), nil)
 		return
 	}
+	// The copy has the same message id: forget the call, or it would
+	// look like a duplicate.
+	c.forget(req, false)
 	d := &req.d
 	headers := amqp.Table{}
 	for k, v := range d.Headers {
@@ -286,16 +327,16 @@ func (c *serverCodec) ignore(req *request) {
 
 // settle acks req once its reply is confirmed, or expired unsent (nobody
 // waits for it any more), and rejects it if it was malformed; otherwise
-// (refused, abandoned) it requeues the request for another try. A delivery
-// from a channel lost since cannot be settled: the broker has requeued it
-// already.
+// (refused, abandoned) it requeues the request for another try. Duplicates
+// parked behind it are settled alike. A delivery from a channel lost since
+// cannot be settled: the broker has requeued it already.
 func (c *serverCodec) settle(req *request, o transport.Outcome) {
-	defer c.inflight.Done()
+	done := req.bad || o == transport.Acked || o == transport.Expired
 	var err error
 	switch {
 	case req.bad:
 		err = req.d.Reject(false)
-	case o == transport.Acked || o == transport.Expired:
+	case done:
 		err = req.d.Ack(false)
 	default:
 		err = req.d.Nack(false, true)
@@ -304,6 +345,29 @@ func (c *serverCodec) settle(req *request, o transport.Outcome) {
 		c.log.Debug("amqprpc: settling a request failed; the broker requeues it",
 			"correlation_id", req.d.CorrelationId, "err", err)
 	}
+	c.forget(req, done)
+	c.inflight.Done()
+}
+
+// forget ends req's entry in the dedupe and settles the duplicates parked
+// behind it: acked if req's reply is with the broker (done), requeued if not.
+func (c *serverCodec) forget(req *request, done bool) {
+	if req.key == 0 {
+		return
+	}
+	for _, dup := range c.seen.finish(req.key, done) {
+		var err error
+		if done {
+			err = dup.d.Ack(false)
+		} else {
+			err = dup.d.Nack(false, true)
+		}
+		if err != nil {
+			c.log.Debug("amqprpc: settling a duplicate failed", "correlation_id", dup.d.CorrelationId, "err", err)
+		}
+		dup.owner.inflight.Done()
+	}
+	req.key = 0
 }
 
 // closeWait bounds how long Close waits for the confirms of replies already
@@ -312,8 +376,7 @@ const closeWait = 30 * time.Second
 
 // Close waits until every reply already written is confirmed and its request
 // settled (at most closeWait), then stops consuming: deliveries not yet read
-// go back to the queue. net/rpc's ServeCodec calls it once its handlers are
-// done. It is idempotent.
+// go back to the queue. It is idempotent.
 func (c *serverCodec) Close() error {
 	c.closeOnce.Do(func() {
 		c.stop()
@@ -329,4 +392,46 @@ func (c *serverCodec) Close() error {
 		}
 	})
 	return c.closeErr
+}
+
+// ReadRequestHeader returns the next request, as next does (see there), for
+// net/rpc's ServeCodec: a malformed request never becomes an error, which
+// would end ServeCodec.
+func (c *serverCodec) ReadRequestHeader(r *rpc.Request) error {
+	req, err := c.next()
+	if err != nil {
+		return err
+	}
+	c.seq++
+	c.mu.Lock()
+	c.pending[c.seq] = req
+	c.mu.Unlock()
+	c.cur = req
+	*r = rpc.Request{ServiceMethod: req.d.Type, Seq: c.seq}
+	return nil
+}
+
+// ReadRequestBody decodes the current request's args into body; a nil body
+// discards them. A body that does not decode is answered by net/rpc with an
+// error reply, and the request is then rejected instead of acked.
+func (c *serverCodec) ReadRequestBody(body any) error {
+	req := c.cur
+	c.cur = nil
+	if req == nil {
+		return nil
+	}
+	return c.decode(req, body)
+}
+
+// WriteResponse publishes the reply to request r.Seq; see respond. net/rpc
+// serialises calls to it.
+func (c *serverCodec) WriteResponse(r *rpc.Response, body any) error {
+	c.mu.Lock()
+	req := c.pending[r.Seq]
+	delete(c.pending, r.Seq)
+	c.mu.Unlock()
+	if req == nil {
+		return fmt.Errorf("amqprpc: response to unknown request %d", r.Seq)
+	}
+	return c.respond(req, r.Error, body)
 }

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,4 +127,20 @@ func Rabbitmqctl(t testing.TB, args ...string) string {
 	out, err := exec.Command(path, args...).CombinedOutput()
 	require.NoError(t, err, "rabbitmqctl %v: %s", args, out)
 	return string(out)
+}
+
+// Messages is the number of messages in queue, ready and unacked, from
+// rabbitmqctl (an AMQP look would not see the unacked ones); -1 if the queue
+// is not listed.
+func Messages(t testing.TB, queue string) int {
+	t.Helper()
+	for _, line := range strings.Split(Rabbitmqctl(t, "list_queues", "-q", "name", "messages"), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == queue {
+			n, err := strconv.Atoi(f[1])
+			require.NoError(t, err)
+			return n
+		}
+	}
+	return -1
 }

@@ -1,0 +1,77 @@
+package amqprpc
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/rpc"
+	"runtime/debug"
+	"sync"
+)
+
+// serve runs c's calls until ctx ends, Close, c's limit or the loss of c's
+// consumer: each call in a goroutine of its own, as net/rpc does, but with
+// a recover, so that a panicking handler is answered with an error instead
+// of taking the process down. It returns once c's calls are settled.
+func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
+	defer s.running.Done()
+	stop := context.AfterFunc(ctx, c.stop)
+	var handlers sync.WaitGroup
+	for {
+		req, err := c.next()
+		if err != nil {
+			break
+		}
+		handlers.Add(1)
+		go func() {
+			defer handlers.Done()
+			s.handle(c, req)
+		}()
+	}
+	handlers.Wait()
+	stop()
+	_ = c.Close()
+	s.mu.Lock()
+	delete(s.active, c)
+	if main {
+		s.serving = false
+	}
+	s.mu.Unlock()
+}
+
+// handle runs one call through net/rpc's ServeRequest, which looks the
+// method up, decodes the args, calls the method and writes the reply, all on
+// this goroutine.
+func (s *Server) handle(c *serverCodec, req *request) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("amqprpc: handler panicked", "type", req.d.Type, "panic", p, "stack", string(debug.Stack()))
+			_ = c.respond(req, fmt.Sprintf("amqprpc: %s panicked: %v", req.d.Type, p), nil)
+		}
+	}()
+	_ = s.rcvr.ServeRequest(&oneCall{c: c, req: req})
+}
+
+// oneCall is a net/rpc ServerCodec that holds exactly one request.
+type oneCall struct {
+	c    *serverCodec
+	req  *request
+	read bool
+}
+
+func (o *oneCall) ReadRequestHeader(r *rpc.Request) error {
+	if o.read {
+		return io.EOF
+	}
+	o.read = true
+	r.ServiceMethod = o.req.d.Type
+	return nil
+}
+
+func (o *oneCall) ReadRequestBody(body any) error { return o.c.decode(o.req, body) }
+
+func (o *oneCall) WriteResponse(r *rpc.Response, body any) error {
+	return o.c.respond(o.req, r.Error, body)
+}
+
+func (o *oneCall) Close() error { return nil }

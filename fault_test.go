@@ -1,0 +1,151 @@
+package amqprpc
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Ledger records how many times each call ran.
+type Ledger struct {
+	mu  sync.Mutex
+	ran map[string]int
+}
+
+func (l *Ledger) Record(id string, reply *string) error {
+	l.mu.Lock()
+	if l.ran == nil {
+		l.ran = make(map[string]int)
+	}
+	l.ran[id]++
+	l.mu.Unlock()
+	*reply = id
+	return nil
+}
+
+func (l *Ledger) counts() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]int, len(l.ran))
+	for k, v := range l.ran {
+		out[k] = v
+	}
+	return out
+}
+
+// Panicky panics on demand.
+type Panicky struct{}
+
+func (Panicky) Boom(msg string, reply *string) error { panic(msg) }
+
+func (Panicky) Fine(msg string, reply *string) error { *reply = msg; return nil }
+
+// A panicking handler is answered with an error and acked; the server keeps
+// serving.
+func TestHandlerPanicIsRecovered(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, Panicky{}))
+	c := dial(t, ns)
+	var reply string
+	err := c.Call("Panicky.Boom", "kaboom", &reply)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "Panicky.Boom panicked: kaboom")
+	require.NoError(t, c.Call("Panicky.Fine", "still here", &reply))
+	assert.Equal(t, "still here", reply)
+	assert.Equal(t, 0, queueDepth(t, "rpc_"+ns+"_request"))
+}
+
+// The same request published twice (as a client does when it lost the
+// broker's confirm) runs once and is answered once.
+func TestDuplicateRequestRunsOnce(t *testing.T) {
+	ns := testNamespace(t)
+	g := newGate()
+	startServer(t, ns, newRPCServer(t, g))
+	p := newRawPeer(t, ns)
+	msg := amqp.Publishing{Type: "Gate.Wait", ReplyTo: "rawpeer", CorrelationId: "dup", MessageId: "dup",
+		ContentType: "application/json", Body: []byte(`"x"`)}
+	p.send(msg)
+	<-g.entered
+	p.send(msg) // while the first runs: parked behind it
+	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
+	close(g.release)
+	assert.Equal(t, "dup", p.reply().CorrelationId)
+	p.send(msg) // after it was answered: acked at once
+	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 50*time.Millisecond,
+		"ready and unacked")
+	assert.Equal(t, int32(1), g.ran.Load(), "the handler ran once")
+	select {
+	case d := <-p.replies:
+		t.Fatalf("a duplicate was answered: %v", d.CorrelationId)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// The broker closes every connection twice while 48 callers call for
+// several seconds: no call fails, and every handler ran once per call.
+func TestNoCallLostWhenConnectionsDrop(t *testing.T) {
+	ns := testNamespace(t)
+	ledger := new(Ledger)
+	startServer(t, ns, newRPCServer(t, ledger))
+	c := dial(t, ns)
+
+	const callers = 48
+	var (
+		calls, failed atomic.Int64
+		stop          = make(chan struct{})
+		wg            sync.WaitGroup
+		firstErr      atomic.Value
+	)
+	for i := 0; i < callers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; ; j++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("%d-%d", i, j)
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				var reply string
+				err := c.CallContext(ctx, "Ledger.Record", id, &reply)
+				cancel()
+				calls.Add(1)
+				if err != nil || reply != id {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %v (reply %q)", id, err, reply))
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	rabbitmqctl(t, "close_all_connections", "fault test")
+	time.Sleep(1500 * time.Millisecond)
+	rabbitmqctl(t, "close_all_connections", "fault test")
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	counts := ledger.counts()
+	var twice int
+	for _, n := range counts {
+		if n != 1 {
+			twice++
+		}
+	}
+	t.Logf("%d calls by %d callers in %v with 2 connection drops: %d failed, %d ran more than once, %d replies dropped",
+		calls.Load(), callers, elapsed.Round(time.Millisecond), failed.Load(), twice, c.Dropped())
+	require.Zero(t, failed.Load(), "first failure: %v", firstErr.Load())
+	assert.Zero(t, twice, "handlers that ran more than once")
+	assert.Equal(t, int(calls.Load()), len(counts), "every call ran")
+}
