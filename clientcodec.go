@@ -88,6 +88,7 @@ func newClientCodec(cfg clientCodecConfig) *clientCodec {
 		gathers:      make(map[uint64]*gather),
 		codec:        cfg.opts.codec,
 		timeout:      cfg.opts.callTimeout,
+		delivery:     deliveryMode(cfg.opts.persistent),
 		log:          cfg.opts.logger,
 		pub:          cfg.pub,
 		deliveries:   cfg.deliveries,
