@@ -1,0 +1,121 @@
+package amqprpc
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Shopify/toxiproxy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// faultyLink starts an in-process toxiproxy in front of the broker and
+// returns it with the broker URL that goes through it.
+func faultyLink(t *testing.T) (*toxiproxy.Proxy, string) {
+	t.Helper()
+	needBroker(t)
+	u, err := url.Parse(brokerURL())
+	require.NoError(t, err)
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	proxy := toxiproxy.NewProxy(srv, "amqp", "127.0.0.1:0", u.Host)
+	require.NoError(t, proxy.Start())
+	t.Cleanup(proxy.Stop)
+	u.Host = proxy.Listen
+	return proxy, u.String()
+}
+
+func addToxic(t *testing.T, proxy *toxiproxy.Proxy, json string) {
+	t.Helper()
+	_, err := proxy.Toxics.AddToxicJson(strings.NewReader(json))
+	require.NoError(t, err)
+}
+
+// syncBuffer is a log destination safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// A black-holed connection (open, but nothing gets through either way) is
+// noticed by the heartbeat, and once the network is back the client
+// reconnects and the call made meanwhile completes within its deadline.
+func TestBlackHoledConnection(t *testing.T) {
+	ns := testNamespace(t)
+	proxy, viaProxy := faultyLink(t)
+	startServer(t, ns, newRPCServer(t, new(Math)))
+	var logs syncBuffer
+	c, err := Dial(viaProxy, ns, WithHeartbeat(time.Second),
+		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, c.Close()) })
+	var sum int
+	require.NoError(t, c.Call("Math.SumNumbers", []int{1}, &sum))
+
+	addToxic(t, proxy, `{"name":"down","type":"timeout","stream":"downstream","attributes":{"timeout":0}}`)
+	addToxic(t, proxy, `{"name":"up","type":"timeout","stream":"upstream","attributes":{"timeout":0}}`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.CallContext(ctx, "Math.SumNumbers", []int{40, 2}, &sum) }()
+
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "connection lost") }, 30*time.Second, 50*time.Millisecond,
+		"the heartbeat notices the dead link")
+	proxy.Toxics.ResetToxics(context.Background())
+	require.NoError(t, <-done)
+	assert.Equal(t, 42, sum)
+	assert.Contains(t, logs.String(), "reconnected")
+}
+
+// A slow link (200 ms each way) delays calls but loses none.
+func TestSlowConnection(t *testing.T) {
+	ns := testNamespace(t)
+	proxy, viaProxy := faultyLink(t)
+	startServer(t, ns, newRPCServer(t, new(Math)))
+	c, err := Dial(viaProxy, ns)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, c.Close()) })
+
+	addToxic(t, proxy, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":200,"jitter":50}}`)
+	addToxic(t, proxy, `{"name":"slow_up","type":"latency","stream":"upstream","attributes":{"latency":200,"jitter":50}}`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for i := 0; i < 32; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var sum int
+			err := c.CallContext(ctx, "Math.SumNumbers", []int{i, 1}, &sum)
+			if err == nil && sum != i+1 {
+				err = assert.AnError
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+}
