@@ -1,0 +1,127 @@
+package amqprpc
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"math/big"
+	"net"
+	"net/rpc"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// selfSignedListener accepts TLS connections with a certificate nobody
+// trusts, and never speaks AMQP.
+func selfSignedListener(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				_ = conn.(*tls.Conn).Handshake()
+				_ = conn.Close()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// amqps:// verifies the broker's certificate unless the caller's tls.Config
+// says otherwise, and the password never shows in the error.
+func TestTLSVerifiesByDefault(t *testing.T) {
+	addr := selfSignedListener(t)
+	url := "amqps://user:s3cret@" + addr + "/"
+
+	_, err := Dial(url, "ns")
+	var unknown x509.UnknownAuthorityError
+	require.ErrorAs(t, err, &unknown, "an untrusted certificate is refused")
+	assert.NotContains(t, err.Error(), "s3cret")
+
+	_, err = Dial(url, "ns", WithTLS(&tls.Config{InsecureSkipVerify: true}))
+	require.Error(t, err, "not a broker")
+	assert.False(t, errorsAsUnknownAuthority(err), "verification was off as asked")
+	assert.NotContains(t, err.Error(), "s3cret")
+}
+
+func errorsAsUnknownAuthority(err error) bool {
+	var unknown x509.UnknownAuthorityError
+	return errors.As(err, &unknown)
+}
+
+// Forged and garbled replies: unknown ids and duplicates are dropped and
+// counted; a garbled body fails only the call it answers; the client goes
+// on working.
+func TestGarbledReplies(t *testing.T) {
+	ns := testNamespace(t)
+	c := dial(t, ns)
+	ch := rawChannel(t)
+	requests, err := ch.Consume("rpc_"+ns+"_request", "", true, false, false, false, nil)
+	require.NoError(t, err)
+	reply := func(corr, contentType string, body []byte) {
+		require.NoError(t, ch.Publish("rpc_"+ns+"_response", c.ID(), false, false, amqp.Publishing{
+			CorrelationId: corr, ContentType: contentType, Body: body,
+		}))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	for _, tc := range []struct {
+		name, contentType string
+		body              []byte
+		want              string
+	}{
+		{"garbage msgpack", "application/msgpack", []byte{0xc1, 0xc1}, "decoding reply"},
+		{"allocation bomb", "application/msgpack", []byte{0xdd, 0x0f, 0xff, 0xff, 0xff}, "decoding reply"},
+		{"unknown content type", "text/x-nope", []byte("1"), "unknown content type"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var sum []int
+			done := make(chan error, 1)
+			go func() { done <- c.CallContext(ctx, "Math.Numbers", 1, &sum) }()
+			d := <-requests
+			reply("bogus."+d.CorrelationId, tc.contentType, tc.body) // forged id: dropped
+			reply(d.CorrelationId, tc.contentType, tc.body)
+			err := <-done
+			var se rpc.ServerError
+			require.ErrorAs(t, err, &se)
+			assert.Contains(t, string(se), tc.want)
+		})
+	}
+	assert.Equal(t, uint64(3), c.Dropped())
+
+	// Still working.
+	go func() {
+		d := <-requests
+		reply(d.CorrelationId, "application/msgpack", []byte{0x92, 0x01, 0x02}) // [1, 2]
+	}()
+	var sum []int
+	require.NoError(t, c.CallContext(ctx, "Math.Numbers", 1, &sum))
+	assert.Equal(t, []int{1, 2}, sum)
+}
