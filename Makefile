@@ -1,12 +1,18 @@
 # make test  — bring up a broker and run the whole suite with -race, vet and gofmt.
 # make demo  — bring up a broker and run the tutorial: two servers and a client.
+# make bench — bring up a broker and print the comparison table (amqprpc vs
+#              hand-written amqp091-go vs net/rpc over TCP); BENCHFLAGS adds flags.
+# make fuzz  — run each codec fuzzer for FUZZTIME (default 10s; make test runs it).
 # make broker — only make sure a broker answers at $(AMQP_URL).
 
 AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export AMQP_URL
 GO ?= go
 
-.PHONY: all broker test lint demo clean
+FUZZTIME ?= 10s
+FUZZERS = FuzzMsgPack FuzzJSON FuzzGob
+
+.PHONY: all broker test lint fuzz demo bench clean
 
 all: test
 
@@ -19,7 +25,19 @@ lint:
 	$(GO) vet ./...
 
 test: broker lint
-	AMQPRPC_REQUIRE_BROKER=1 $(GO) test -race -count=1 -timeout 10m ./...
+	# -p 1: the fault tests restart the broker and cut every connection,
+	# which must not hit another package running at the same time.
+	AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
+	@$(MAKE) --no-print-directory fuzz
+
+fuzz:
+	@for f in $(FUZZERS); do \
+	  echo "$(GO) test -run=^$$ -fuzz=^$$f\$$ -fuzztime=$(FUZZTIME) ./codec/"; \
+	  $(GO) test -run='^$$' -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./codec/ || exit 1; \
+	done
+
+bench: broker
+	$(GO) run ./bench/cmd/amqprpc-bench $(BENCHFLAGS)
 
 demo: broker
 	@mkdir -p bin

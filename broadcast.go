@@ -9,7 +9,6 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/amqprpc/amqprpc/codec"
 	"github.com/amqprpc/amqprpc/internal/link"
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
@@ -149,7 +148,7 @@ func (c *clientCodec) decodeResult(d *amqp.Delivery, newReply func() any) link.R
 		return link.Result{Err: rpc.ServerError(text)}
 	}
 	reply := newReply()
-	cd, ok := codec.ByContentType(d.ContentType, c.codec)
+	cd, ok := decoderFor(d.ContentType, c.codec)
 	if !ok {
 		return link.Result{Reply: reply, Err: fmt.Errorf("amqprpc: reply has unknown content type %q", d.ContentType)}
 	}

@@ -69,11 +69,11 @@ func TestRemoteErrors(t *testing.T) {
 }
 
 // Clients with different codecs share one server, which answers each in the
-// codec of its request.
+// codec of its request. gob is decoded only by servers configured for it.
 func TestCodecsShareAServer(t *testing.T) {
 	ns := testNamespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
-	for _, cd := range []codec.Codec{codec.MsgPack, codec.JSON, codec.Gob} {
+	for _, cd := range []codec.Codec{codec.MsgPack, codec.JSON} {
 		t.Run(cd.ContentType(), func(t *testing.T) {
 			c := dial(t, ns, WithCodec(cd))
 			var sum int
@@ -81,6 +81,20 @@ func TestCodecsShareAServer(t *testing.T) {
 			assert.Equal(t, 10, sum)
 		})
 	}
+	t.Run("gob refused by default", func(t *testing.T) {
+		c := dial(t, ns, WithCodec(codec.Gob))
+		var sum int
+		err := c.Call("Math.SumNumbers", []int{1}, &sum)
+		assert.ErrorContains(t, err, `unknown content type "application/x-gob"`)
+	})
+	t.Run("gob when the server uses it", func(t *testing.T) {
+		ns := testNamespace(t)
+		startServer(t, ns, newRPCServer(t, new(Math)), WithCodec(codec.Gob))
+		c := dial(t, ns, WithCodec(codec.Gob))
+		var sum int
+		require.NoError(t, c.Call("Math.SumNumbers", []int{1, 2, 3, 4}, &sum))
+		assert.Equal(t, 10, sum)
+	})
 }
 
 // The wire mapping, seen by a hand-written AMQP peer standing in for the

@@ -320,7 +320,7 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 		}
 		return true
 	}
-	cd, known := codec.ByContentType(d.ContentType, c.codec)
+	cd, known := decoderFor(d.ContentType, c.codec)
 	if !known {
 		r.Error = fmt.Sprintf("amqprpc: reply has unknown content type %q", d.ContentType)
 		return true

@@ -186,7 +186,7 @@ func (c *serverCodec) check(req *request) string {
 	case len(d.Body) > c.maxBody:
 		return fmt.Sprintf("request body of %d bytes exceeds the limit of %d", len(d.Body), c.maxBody)
 	}
-	cd, ok := codec.ByContentType(d.ContentType, c.custom)
+	cd, ok := decoderFor(d.ContentType, c.custom)
 	if !ok {
 		return fmt.Sprintf("request has unknown content type %q", d.ContentType)
 	}

@@ -1,6 +1,7 @@
 package amqprpc
 
 import (
+	"bytes"
 	"net/rpc"
 	"testing"
 	"time"
@@ -146,4 +147,40 @@ func TestPlainNetRPCCodecs(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("ServeCodec did not return after its connection closed")
 	}
+}
+
+// Hostile msgpack bodies (allocation and nesting bombs) are refused with an
+// error reply instead of crashing the server; the queue empties and the
+// next good call works.
+func TestServerSurvivesHostileBodies(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, new(Math)))
+	p := newRawPeer(t, ns)
+	nested := func(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
+	for _, tc := range []struct {
+		name string
+		body []byte
+	}{
+		{"array32 claiming 268M elements", []byte{0xdd, 0x0f, 0xff, 0xff, 0xff}},
+		{"map32 claiming 268M pairs", []byte{0xdf, 0x0f, 0xff, 0xff, 0xff}},
+		{"str32 claiming 268 MB", []byte{0xdb, 0x0f, 0xff, 0xff, 0xff}},
+		{"bin32 claiming 268 MB", []byte{0xc6, 0x0f, 0xff, 0xff, 0xff}},
+		{"2 MB of nested arrays", nested(0x91, 2<<20)},
+		{"2 MB of nested maps", append(nested(0x81, 1<<20), 0x01)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p.t = t
+			p.send(amqp.Publishing{Type: "Math.SumNumbers", ReplyTo: "rawpeer", CorrelationId: "bomb",
+				ContentType: "application/msgpack", Body: tc.body})
+			d := p.reply()
+			assert.Equal(t, "bomb", d.CorrelationId)
+			assert.Contains(t, d.Headers["error"], "decoding args")
+		})
+	}
+	p.t = t
+	c := dial(t, ns)
+	var sum int
+	require.NoError(t, c.Call("Math.SumNumbers", []int{1, 2}, &sum))
+	assert.Equal(t, 3, sum)
+	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 50*time.Millisecond)
 }

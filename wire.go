@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"strconv"
 	"strings"
+
+	"github.com/amqprpc/amqprpc/codec"
 )
 
 // The AMQP mapping of a net/rpc call (see doc.go, "Wire format"):
@@ -44,4 +46,21 @@ func parseCorrelationID(prefix, id string) (seq uint64, ok bool) {
 	}
 	seq, err := strconv.ParseUint(rest, 10, 64)
 	return seq, err == nil
+}
+
+// decoderFor returns the codec that decodes bodies of content type ct: own
+// (the one configured with WithCodec), msgpack or JSON. gob is decoded only
+// when it is own: encoding/gob is not safe on hostile input (a 60-byte body
+// can make it allocate without bound), so a server does not accept it from
+// strangers unless told to.
+func decoderFor(ct string, own codec.Codec) (codec.Codec, bool) {
+	switch {
+	case own != nil && own.ContentType() == ct:
+		return own, true
+	case ct == codec.MsgPack.ContentType():
+		return codec.MsgPack, true
+	case ct == codec.JSON.ContentType():
+		return codec.JSON, true
+	}
+	return nil, false
 }

@@ -9,8 +9,6 @@
 // calls over AMQP are amqprpc.NewClientCodec and amqprpc.NewServerCodec.
 package codec
 
-import "errors"
-
 // Codec encodes and decodes message bodies. Implementations must be safe
 // for concurrent use.
 type Codec interface {
@@ -24,10 +22,6 @@ type Codec interface {
 	Unmarshal(data []byte, v any) error
 }
 
-// ErrUnknownContentType is returned by [ByContentType] callers that refuse a
-// message whose content_type names no registered codec.
-var ErrUnknownContentType = errors.New("codec: unknown content type")
-
 // The codecs shipped with amqprpc. MsgPack is amqprpc's default.
 var (
 	MsgPack Codec = msgPack{}
@@ -38,7 +32,9 @@ var (
 var builtin = []Codec{MsgPack, JSON, Gob}
 
 // ByContentType returns the built-in codec whose ContentType is ct, or one
-// of extra (checked first) so that a server can also decode a custom codec.
+// of extra (checked first). amqprpc's servers use a narrower rule: they
+// decode msgpack, JSON and their own codec, and gob only when it is their
+// own, because encoding/gob is not safe on hostile input.
 func ByContentType(ct string, extra ...Codec) (Codec, bool) {
 	for _, c := range extra {
 		if c != nil && c.ContentType() == ct {

@@ -8,7 +8,11 @@ import (
 // gobCodec encodes with encoding/gob, net/rpc's own encoding. Each body is a
 // self-contained gob stream (type description included), so it is larger
 // than with a long-lived gob connection. encoding/gob is not hardened against
-// hostile input: use it only between peers that trust each other.
+// hostile input: use it only between peers that trust each other. For
+// example, up to at least Go 1.26.8 it preallocates a map from the entry
+// count in the body, so a 60-byte body decoded into a struct with a map
+// field crashes the process with a fatal out-of-memory that no recover can
+// catch (https://go.dev/issue/79539; see TestGobMapBomb).
 type gobCodec struct{}
 
 func (gobCodec) ContentType() string { return "application/x-gob" }

@@ -1,19 +1,42 @@
 package codec
 
-import "github.com/vmihailenco/msgpack/v5"
+import (
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
 
 // msgPack encodes with github.com/vmihailenco/msgpack/v5. Structs are
 // encoded as maps keyed by field name (or `msgpack` tag), so fields can be
 // added on one side without breaking the other.
+//
+// Unmarshal first checks the body with checkMsgPack, because the decoder
+// trusts the lengths a body declares and recurses once per nesting level:
+// a hostile body of a few bytes could otherwise exhaust the memory or the
+// stack of the process, which no recover can catch. Bodies refused by the
+// check yield an error wrapping ErrMalformed.
+//
+// The decoder also panics on some well-formed bodies, for example a map
+// with an array key decoded into a map[any]any ("hash of unhashable
+// type"); Unmarshal turns such a panic into an error wrapping ErrMalformed
+// rather than letting a request crash the server.
 type msgPack struct{}
 
 func (msgPack) ContentType() string { return "application/msgpack" }
 
 func (msgPack) Marshal(v any) ([]byte, error) { return msgpack.Marshal(v) }
 
-func (msgPack) Unmarshal(data []byte, v any) error {
+func (msgPack) Unmarshal(data []byte, v any) (err error) {
 	if v == nil {
 		return nil
 	}
+	if err := checkMsgPack(data); err != nil {
+		return err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: msgpack: decoding panicked: %v", ErrMalformed, r)
+		}
+	}()
 	return msgpack.Unmarshal(data, v)
 }

@@ -1,0 +1,160 @@
+// Command amqprpc-bench compares amqprpc with a hand-written amqp091-go
+// request/reply (the floor) and with net/rpc over loopback TCP, in one run
+// against one broker, and prints a Markdown table. Contenders take turns
+// (A B C A B C …) at every concurrency and body size, so that drift of the
+// machine or the broker hits them alike; ratios in one run are what counts.
+//
+//	go run ./bench/cmd/amqprpc-bench -duration 2s
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/amqprpc/amqprpc/bench"
+)
+
+func main() {
+	url := flag.String("url", envOr("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "broker URL")
+	duration := flag.Duration("duration", time.Second, "measured time per contender, concurrency, body size and round")
+	warmup := flag.Duration("warmup", 300*time.Millisecond, "unmeasured calls before each measurement")
+	rounds := flag.Int("rounds", 2, "turns each contender takes at each point")
+	concs := flag.String("c", "1,16,64,256", "concurrent callers")
+	sizes := flag.String("body", "16,1024,65536", "body sizes in bytes")
+	only := flag.String("only", "", "run only contenders whose name contains this")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	flag.Parse()
+
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	type started struct {
+		name string
+		c    bench.Contender
+	}
+	var contenders []started
+	for _, f := range bench.Contenders() {
+		if *only != "" && !strings.Contains(f.Name, *only) {
+			continue
+		}
+		c, err := f.Start(*url)
+		if err != nil {
+			log.Fatalf("%s: %v", f.Name, err)
+		}
+		defer c.Close()
+		contenders = append(contenders, started{f.Name, c})
+	}
+
+	fmt.Printf("amqprpc-bench: %d round(s) of %v per point, warmup %v, GOMAXPROCS-bound process sharing the machine with the broker\n\n",
+		*rounds, *duration, *warmup)
+	fmt.Println("| body | callers | contender | calls/s | × floor | p50 | p99 | CPU/call | allocs/call |")
+	fmt.Println("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+	var summary []string
+	for _, size := range ints(*sizes) {
+		for _, conc := range ints(*concs) {
+			sums := make([]bench.Result, len(contenders))
+			for range *rounds {
+				for i, s := range contenders {
+					r, err := bench.Run(s.c, s.name, conc, size, *warmup, *duration)
+					if err != nil {
+						log.Fatalf("%s, %d callers, %d B: %v", s.name, conc, size, err)
+					}
+					sums[i] = add(sums[i], r)
+				}
+			}
+			var floor bench.Result
+			for i := range sums {
+				sums[i] = div(sums[i], *rounds)
+				if strings.HasPrefix(sums[i].Contender, "floor") {
+					floor = sums[i]
+				}
+			}
+			for _, r := range sums {
+				ratio := "—"
+				if floor.Calls > 0 {
+					ratio = fmt.Sprintf("%.2f", r.CallsPerSecond()/floor.CallsPerSecond())
+				}
+				fmt.Printf("| %s | %d | %s | %.0f | %s | %s | %s | %s | %.0f |\n", bytesize(size), conc, r.Contender,
+					r.CallsPerSecond(), ratio, ms(r.P50), ms(r.P99), us(r.CPUPerCall), r.AllocsPerCall)
+				if r.Contender == "amqprpc" && floor.Calls > 0 {
+					switch {
+					case conc == 64 && size <= 1024:
+						summary = append(summary, fmt.Sprintf("- 64 callers, %s: throughput %.2f× the floor (target ≥ 0.90)", bytesize(size), r.CallsPerSecond()/floor.CallsPerSecond()))
+					case conc == 1 && size == 16:
+						summary = append(summary, fmt.Sprintf("- 1 caller, 16 B: p50 %.2f× the floor's (target ≤ 1.10)", float64(r.P50)/float64(floor.P50)))
+					case size == 64<<10 && conc == 64:
+						summary = append(summary, fmt.Sprintf("- 64 callers, 64 KiB: throughput %.2f× the floor (target ≥ 0.90)", r.CallsPerSecond()/floor.CallsPerSecond()))
+					}
+				}
+			}
+		}
+	}
+	if len(summary) > 0 {
+		fmt.Println("\nTargets (amqprpc default settings vs the floor, same run):")
+		fmt.Println(strings.Join(summary, "\n"))
+	}
+}
+
+func add(a, b bench.Result) bench.Result {
+	a.Contender, a.Concurrency, a.BodySize = b.Contender, b.Concurrency, b.BodySize
+	a.Calls += b.Calls
+	a.Duration += b.Duration
+	a.P50 += b.P50
+	a.P99 += b.P99
+	a.CPUPerCall += b.CPUPerCall
+	a.AllocsPerCall += b.AllocsPerCall
+	return a
+}
+
+// div averages the latencies and per-call costs over n rounds; calls and
+// duration stay summed, so calls/s is the overall rate.
+func div(r bench.Result, n int) bench.Result {
+	r.P50 /= time.Duration(n)
+	r.P99 /= time.Duration(n)
+	r.CPUPerCall /= time.Duration(n)
+	r.AllocsPerCall /= float64(n)
+	return r
+}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			log.Fatalf("bad number %q", f)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+func bytesize(n int) string {
+	if n >= 1024 && n%1024 == 0 {
+		return fmt.Sprintf("%d KiB", n/1024)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanoseconds())/1000) }
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

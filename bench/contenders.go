@@ -1,0 +1,131 @@
+// Package bench measures amqprpc against the alternatives a user has: the
+// best hand-written amqp091-go request/reply over the same broker (the
+// floor), and net/rpc over loopback TCP without a broker (the ceiling of
+// net/rpc itself). Every contender serves the same echo call in this
+// process, so CPU and allocations per call cover both sides.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/rpc"
+
+	"github.com/amqprpc/amqprpc"
+)
+
+// Contender is one way of making an echo call.
+type Contender interface {
+	// Call sends body and returns the echoed body. Safe for concurrent use.
+	Call(ctx context.Context, body []byte) ([]byte, error)
+	Close() error
+}
+
+// Echo is the benchmark's net/rpc service.
+type Echo struct{}
+
+// Echo sets reply to args.
+func (Echo) Echo(args []byte, reply *[]byte) error {
+	*reply = args
+	return nil
+}
+
+// A Factory starts a contender (its server and its client).
+type Factory struct {
+	Name  string
+	Start func(url string) (Contender, error)
+}
+
+// Contenders returns the contenders of the comparison, in table order.
+func Contenders() []Factory {
+	return []Factory{
+		{"amqprpc", startAmqprpc},
+		{"floor: amqp091-go by hand", startFloor},
+		{"net/rpc over TCP (no broker)", startNetRPC},
+	}
+}
+
+func randomName(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// amqprpcContender is amqprpc with default settings.
+type amqprpcContender struct {
+	client *amqprpc.Client
+	server *amqprpc.Server
+	served chan error
+}
+
+func startAmqprpc(url string) (Contender, error) {
+	ns := randomName("bench_")
+	rcvr := rpc.NewServer()
+	if err := rcvr.Register(Echo{}); err != nil {
+		return nil, err
+	}
+	server, err := amqprpc.NewServer(url, ns, rcvr, amqprpc.WithPrefetch(256))
+	if err != nil {
+		return nil, err
+	}
+	c := &amqprpcContender{server: server, served: make(chan error, 1)}
+	go func() { c.served <- server.Serve(context.Background()) }()
+	if c.client, err = amqprpc.Dial(url, ns); err != nil {
+		_ = server.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *amqprpcContender) Call(ctx context.Context, body []byte) ([]byte, error) {
+	var reply []byte
+	err := c.client.CallContext(ctx, "Echo.Echo", body, &reply)
+	return reply, err
+}
+
+func (c *amqprpcContender) Close() error {
+	err := errors.Join(c.client.Close(), c.server.Close(), <-c.served)
+	return err
+}
+
+// netRPC is net/rpc with its gob codec over a loopback TCP connection.
+type netRPC struct {
+	ln     net.Listener
+	client *rpc.Client
+}
+
+func startNetRPC(string) (Contender, error) {
+	rcvr := rpc.NewServer()
+	if err := rcvr.Register(Echo{}); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go func() { // rcvr.Accept, without its log line when ln closes
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go rcvr.ServeConn(conn)
+		}
+	}()
+	client, err := rpc.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	return &netRPC{ln: ln, client: client}, nil
+}
+
+func (n *netRPC) Call(ctx context.Context, body []byte) ([]byte, error) {
+	var reply []byte
+	err := n.client.Call("Echo.Echo", body, &reply)
+	return reply, err
+}
+
+func (n *netRPC) Close() error { return errors.Join(n.client.Close(), n.ln.Close()) }
