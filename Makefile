@@ -24,9 +24,9 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# -p 1: the fault tests restart the broker and cut every connection, which
+# must not hit another package's tests running at the same time.
 test: broker lint
-	# -p 1: the fault tests restart the broker and cut every connection,
-	# which must not hit another package running at the same time.
 	AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
 	@$(MAKE) --no-print-directory fuzz
 

@@ -125,3 +125,22 @@ func TestGarbledReplies(t *testing.T) {
 	require.NoError(t, c.CallContext(ctx, "Math.Numbers", 1, &sum))
 	assert.Equal(t, []int{1, 2}, sum)
 }
+
+// A request's reply_to is only ever a routing key on the namespace's
+// response exchange: naming a queue there sends nothing to that queue.
+func TestReplyToCannotRedirectReplies(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, new(Math)))
+	ch := rawChannel(t)
+	victim, err := ch.QueueDeclare("", false, true, true, false, nil)
+	require.NoError(t, err)
+	require.NoError(t, ch.Publish("rpc_"+ns+"_request", "", false, false, amqp.Publishing{
+		Type: "Math.SumNumbers", ReplyTo: victim.Name, CorrelationId: "x", MessageId: "x",
+		ContentType: "application/json", Body: []byte("[1,2]"),
+	}))
+	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond,
+		"the request was served")
+	q, err := ch.QueueDeclarePassive(victim.Name, false, true, true, false, nil) // exclusive: only this connection may look
+	require.NoError(t, err)
+	assert.Equal(t, 0, q.Messages, "no reply reached the queue named in reply_to")
+}
