@@ -64,8 +64,11 @@ type clientCodec struct {
 	next *callInfo
 
 	// Read side: net/rpc reads header and body pairs from one goroutine.
-	body      []byte      // body still to decode in ReadResponseBody
-	bodyCodec codec.Codec // its codec; nil: nothing to decode
+	body       []byte            // body still to decode in ReadResponseBody
+	bodyCodec  codec.Codec       // its codec; nil: nothing to decode
+	unacked    amqp.Acknowledger // channel of the replies read but not acked yet
+	unackedTag uint64            // the last of them
+	unackedN   int
 
 	dropped atomic.Uint64 // replies dropped: unknown ids, duplicates, unreadable
 }
@@ -275,6 +278,21 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 		}
 		c.mu.Unlock()
 
+		if c.unacked != nil { // ack what was read, unless more is ready right now
+			select {
+			case d, ok := <-c.deliveries:
+				if !ok {
+					c.flushAcks()
+					return io.EOF
+				}
+				if c.readReply(&d, r) {
+					return nil
+				}
+				continue
+			default:
+				c.flushAcks()
+			}
+		}
 		select {
 		case d, ok := <-c.deliveries:
 			if !ok {
@@ -285,14 +303,41 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 			}
 		case <-c.synthReady:
 		case <-c.closed:
+			c.flushAcks()
 			return io.EOF
 		}
 	}
 }
 
+// replyAckBatch bounds how many replies one ack covers.
+const replyAckBatch = 128
+
+// ackLater notes that d was read. Replies are acked together (multiple)
+// when no more are waiting or replyAckBatch were read: one ack frame, and
+// one write, for many replies. The broker redelivers what a lost connection
+// left unacked.
+func (c *clientCodec) ackLater(d *amqp.Delivery) {
+	if c.unacked != nil && c.unacked != d.Acknowledger {
+		c.flushAcks() // a new channel: acks never cross channels
+	}
+	c.unacked, c.unackedTag = d.Acknowledger, d.DeliveryTag
+	if c.unackedN++; c.unackedN >= replyAckBatch {
+		c.flushAcks()
+	}
+}
+
+// flushAcks acks every reply read so far on the current channel.
+func (c *clientCodec) flushAcks() {
+	if c.unacked == nil {
+		return
+	}
+	_ = c.unacked.Ack(c.unackedTag, true) // fails only if the channel is gone: then the broker requeued them
+	c.unacked, c.unackedN = nil, 0
+}
+
 // readReply turns delivery d into r; false means d was dropped.
 func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
-	defer func() { _ = d.Ack(false) }()
+	c.ackLater(d)
 	seq, ok := parseCorrelationID(c.prefix, d.CorrelationId)
 	var p *pendingCall
 	if ok {
