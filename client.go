@@ -129,7 +129,7 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 	if err != nil {
 		return nil, err
 	}
-	pub, err := transport.NewPublisher(pubConn, o.logger, n.declareExchanges)
+	pub, err := transport.NewPublisher(pubConn, o.logger, n.declareExchanges, nil)
 	if err != nil {
 		_ = replies.Close()
 		return nil, err

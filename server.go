@@ -86,7 +86,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 		_ = s.closeConns()
 		return nil, err
 	}
-	if s.pub, err = transport.NewPublisher(pubConn, o.logger, n.declareExchanges); err != nil {
+	if s.pub, err = transport.NewPublisher(pubConn, o.logger, n.declareExchanges, subConn); err != nil {
 		_ = s.closeConns()
 		return nil, err
 	}
@@ -271,7 +271,7 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 		_ = tc.Close()
 		return nil, err
 	}
-	pub, err := transport.NewPublisher(tc, o.logger, n.declareExchanges)
+	pub, err := transport.NewPublisher(tc, o.logger, n.declareExchanges, tc)
 	if err != nil {
 		_ = k.Close()
 		_ = tc.Close()

@@ -54,6 +54,7 @@ type Conn struct {
 	mu sync.Mutex
 	// protects conn, up and lost
 	conn *amqp.Connection // nil while down
+	cork *corkConn        // conn's network connection; nil for a wrapped one
 	up   chan struct{}    // closed while conn is live; replaced when it is lost
 	lost error            // set when a wrapped connection is gone for good
 }
@@ -61,7 +62,7 @@ type Conn struct {
 // Open dials url and keeps the connection up until Close. The first dial is
 // synchronous: its error (wrong URL, credentials, TLS) is returned.
 func Open(url string, cfg Config, log *slog.Logger) (*Conn, error) {
-	conn, err := Dial(context.Background(), url, cfg)
+	conn, cork, err := dial(context.Background(), url, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -69,29 +70,29 @@ func Open(url string, cfg Config, log *slog.Logger) (*Conn, error) {
 	if b.Min <= 0 || b.Max < b.Min {
 		b = DefaultBackoff
 	}
-	return start(&Conn{url: url, cfg: cfg, log: log, redial: true, backoff: b}, conn), nil
+	return start(&Conn{url: url, cfg: cfg, log: log, redial: true, backoff: b}, conn, cork), nil
 }
 
 // Wrap adopts a connection the caller owns: no redial, and Close leaves conn
 // open. Once conn closes, Channel returns ErrClosed.
 func Wrap(conn *amqp.Connection, log *slog.Logger) *Conn {
 	// c.ctx is unused: a wrapped connection never redials.
-	return start(&Conn{log: log}, conn)
+	return start(&Conn{log: log}, conn, nil)
 }
 
-func start(c *Conn, conn *amqp.Connection) *Conn {
+func start(c *Conn, conn *amqp.Connection, cork *corkConn) *Conn {
 	c.done = make(chan struct{})
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.up = make(chan struct{})
-	c.setUp(conn)
+	c.setUp(conn, cork)
 	c.wg.Add(1)
 	go c.watch(conn)
 	return c
 }
 
-func (c *Conn) setUp(conn *amqp.Connection) {
+func (c *Conn) setUp(conn *amqp.Connection, cork *corkConn) {
 	c.mu.Lock()
-	c.conn = conn
+	c.conn, c.cork = conn, cork
 	close(c.up)
 	c.mu.Unlock()
 }
@@ -99,6 +100,7 @@ func (c *Conn) setUp(conn *amqp.Connection) {
 // watch waits for the live connection to close and redials; it is the Conn's
 // one goroutine.
 func (c *Conn) watch(conn *amqp.Connection) {
+	var cork *corkConn
 	defer c.wg.Done()
 	for {
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
@@ -134,14 +136,14 @@ func (c *Conn) watch(conn *amqp.Connection) {
 				t.Stop()
 				return
 			}
-			next, err := Dial(c.ctx, c.url, c.cfg)
+			next, nextCork, err := dial(c.ctx, c.url, c.cfg)
 			if err == nil {
-				conn = next
+				conn, cork = next, nextCork
 				break
 			}
 			c.log.Debug("amqprpc: reconnect failed", "err", err, "retry_in", c.backoff.next(wait))
 		}
-		c.setUp(conn)
+		c.setUp(conn, cork)
 		c.log.Info("amqprpc: reconnected", "url", Redact(c.url))
 	}
 }
@@ -185,6 +187,20 @@ func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// Cork gathers the writes to the current connection until the returned
+// func is called, which sends them in one write. Call it around a burst of
+// publishes or acks that does not wait for anything.
+func (c *Conn) Cork() (uncork func()) {
+	c.mu.Lock()
+	cc := c.cork
+	c.mu.Unlock()
+	if cc == nil {
+		return func() {}
+	}
+	cc.cork()
+	return cc.uncork
 }
 
 // Done is closed by Close.

@@ -33,6 +33,13 @@ const handshakeTimeout = 30 * time.Second
 // Dial opens one AMQP connection; ending ctx interrupts it. Its errors never
 // contain the password.
 func Dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, error) {
+	conn, _, err := dial(ctx, rawURL, cfg)
+	return conn, err
+}
+
+// dial is Dial that also returns the corkable network connection.
+func dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, *corkConn, error) {
+	var cc *corkConn
 	props := amqp.NewConnectionProperties()
 	if cfg.Name != "" {
 		props.SetClientConnectionName(cfg.Name)
@@ -52,33 +59,14 @@ func Dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, err
 			// until then ctx can cut the handshake short too.
 			_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
 			stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-			return &stopOnClose{Conn: c, stop: stop}, nil
+			cc = &corkConn{Conn: c, stop: stop}
+			return cc, nil
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("amqprpc: dial %s: %w", Redact(rawURL), err)
+		return nil, nil, fmt.Errorf("amqprpc: dial %s: %w", Redact(rawURL), err)
 	}
-	return conn, nil
-}
-
-// stopOnClose releases the dial context's hook once the handshake is done
-// (amqp091-go then clears the deadline) or the connection closes, so that
-// ending the context later does not cut a live connection.
-type stopOnClose struct {
-	net.Conn
-	stop func() bool
-}
-
-func (c *stopOnClose) SetDeadline(t time.Time) error {
-	if t.IsZero() {
-		c.stop()
-	}
-	return c.Conn.SetDeadline(t)
-}
-
-func (c *stopOnClose) Close() error {
-	c.stop()
-	return c.Conn.Close()
+	return conn, cc, nil
 }
 
 // Redact returns rawURL with its password replaced by "xxxxx", for logs and

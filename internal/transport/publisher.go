@@ -68,13 +68,14 @@ const maxTries = 10
 // one (the broker may then see them twice); messages published while the
 // connection is down wait for it. It is safe for concurrent use.
 type Publisher struct {
-	conn  *Conn
-	log   *slog.Logger
-	setup func(*amqp.Channel) error
-	ctx   context.Context // ends with Close
-	stop  context.CancelFunc
-	wake  chan struct{} // capacity 1: queued gained messages
-	done  chan struct{} // closed when run has ended
+	conn    *Conn
+	log     *slog.Logger
+	setup   func(*amqp.Channel) error
+	ackConn *Conn           // corked around bursts of callbacks; may be nil
+	ctx     context.Context // ends with Close
+	stop    context.CancelFunc
+	wake    chan struct{} // capacity 1: queued gained messages
+	done    chan struct{} // closed when run has ended
 
 	mu sync.Mutex
 	// protects queued and closed
@@ -85,9 +86,13 @@ type Publisher struct {
 // NewPublisher opens its first channel on conn before returning. setup
 // (which may be nil) runs on every new channel, before anything is sent on
 // it: it declares the exchanges the messages go to.
-func NewPublisher(conn *Conn, log *slog.Logger, setup func(*amqp.Channel) error) (*Publisher, error) {
+//
+// ackConn, if not nil, is the connection the message callbacks ack
+// deliveries on: it is corked while a burst of confirms is handed out, so
+// that their acks leave in one write.
+func NewPublisher(conn *Conn, log *slog.Logger, setup func(*amqp.Channel) error, ackConn *Conn) (*Publisher, error) {
 	ctx, stop := context.WithCancel(context.Background())
-	p := &Publisher{conn: conn, log: log, setup: setup, ctx: ctx, stop: stop,
+	p := &Publisher{conn: conn, log: log, setup: setup, ackConn: ackConn, ctx: ctx, stop: stop,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	l, err := p.open()
 	if err != nil {
@@ -236,6 +241,48 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			<-chClosed
 		}
 	}()
+	// confirm hands one broker confirm to its message's callback.
+	confirm := func(c amqp.Confirmation) {
+		// A return precedes its message's ack on the wire, and amqp091-go
+		// dispatches both from one goroutine: it is already buffered.
+	drain:
+		for returns != nil {
+			select {
+			case r, ok := <-returns:
+				if !ok {
+					returns = nil
+					break drain
+				}
+				if returned == nil {
+					returned = make(map[string]bool)
+				}
+				returned[r.MessageId] = true
+			default:
+				break drain
+			}
+		}
+		e := sent[c.DeliveryTag]
+		delete(sent, c.DeliveryTag)
+		wasReturned := e != nil && e.Mandatory && returned[e.MessageId]
+		if wasReturned {
+			delete(returned, e.MessageId)
+		}
+		if wake == nil && stopping != nil && !l.ch.IsClosed() && len(sent) < maxInFlight {
+			wake = p.wake
+			p.select1()
+		}
+		if e == nil || e.done == nil {
+			return
+		}
+		switch {
+		case !c.Ack:
+			e.done(Nacked)
+		case wasReturned:
+			e.done(Returned)
+		default:
+			e.done(Acked)
+		}
+	}
 	for {
 		select {
 		case <-stopping:
@@ -252,6 +299,7 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			p.queued = p.queued[n:]
 			p.mu.Unlock()
 			now := time.Now()
+			uncork := p.conn.Cork() // one write for the whole batch
 			for i, e := range batch {
 				if !e.Deadline.IsZero() {
 					left := e.Deadline.Sub(now).Milliseconds()
@@ -277,6 +325,7 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 				tag++
 				sent[tag] = e
 			}
+			uncork()
 			if len(sent) >= maxInFlight {
 				wake = nil // until confirms make room
 			}
@@ -284,45 +333,18 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			if !ok {
 				return
 			}
-			// A return precedes its message's ack on the wire, and amqp091-go
-			// dispatches both from one goroutine: it is already buffered.
-		drain:
-			for returns != nil {
+			// Take every confirm already there in one go, with the
+			// acks their callbacks send gathered into one write.
+			uncork := p.corkAcks()
+			for ok {
+				confirm(c)
 				select {
-				case r, ok := <-returns:
-					if !ok {
-						returns = nil
-						break drain
-					}
-					if returned == nil {
-						returned = make(map[string]bool)
-					}
-					returned[r.MessageId] = true
+				case c, ok = <-l.confirms:
 				default:
-					break drain
+					ok = false
 				}
 			}
-			e := sent[c.DeliveryTag]
-			delete(sent, c.DeliveryTag)
-			wasReturned := e != nil && e.Mandatory && returned[e.MessageId]
-			if wasReturned {
-				delete(returned, e.MessageId)
-			}
-			if wake == nil && stopping != nil && !l.ch.IsClosed() && len(sent) < maxInFlight {
-				wake = p.wake
-				p.select1()
-			}
-			if e == nil || e.done == nil {
-				continue
-			}
-			switch {
-			case !c.Ack:
-				e.done(Nacked)
-			case wasReturned:
-				e.done(Returned)
-			default:
-				e.done(Acked)
-			}
+			uncork()
 		}
 	}
 }
@@ -332,6 +354,14 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 // walks all of them) while leaving far more in flight than a broker round
 // trip needs at full speed.
 const maxInFlight = 1024
+
+// corkAcks corks the connection the callbacks ack on, if any.
+func (p *Publisher) corkAcks() (uncork func()) {
+	if p.ackConn == nil {
+		return func() {}
+	}
+	return p.ackConn.Cork()
+}
 
 // select1 makes sure serve looks at the queue at least once.
 func (p *Publisher) select1() {
