@@ -135,12 +135,12 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		return nil, err
 	}
 	return newClientCodec(clientCodecConfig{
-		names:      n,
-		clientID:   id,
-		opts:       o,
-		pub:        pub,
-		deliveries: replies.Deliveries(),
-		release:    joinClose(replies.Close, stopPublisher(pub), closeConns, pub.Close),
+		names:    n,
+		clientID: id,
+		opts:     o,
+		pub:      pub,
+		stream:   replies.Stream(),
+		release:  joinClose(replies.Close, stopPublisher(pub), closeConns, pub.Close),
 	}), nil
 }
 

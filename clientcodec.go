@@ -29,15 +29,15 @@ type callInfo struct {
 // clientCodec is the rpc.ClientCodec behind Client; see NewClientCodec.
 type clientCodec struct {
 	names
-	replyTo    string // the client id
-	prefix     string // of every correlation id: random, ends in "."
-	codec      codec.Codec
-	timeout    time.Duration
-	delivery   uint8 // delivery mode of requests: transient or persistent
-	log        *slog.Logger
-	pub        *transport.Publisher
-	deliveries <-chan amqp.Delivery
-	release    func() error // closes what the codec owns, once
+	replyTo  string // the client id
+	prefix   string // of every correlation id: random, ends in "."
+	codec    codec.Codec
+	timeout  time.Duration
+	delivery uint8 // delivery mode of requests: transient or persistent
+	log      *slog.Logger
+	pub      *transport.Publisher
+	stream   *transport.Stream // the reply queue's deliveries
+	release  func() error      // closes what the codec owns, once
 
 	synthReady chan struct{} // cap 1: synth gained an entry
 	timerReset chan struct{} // cap 1: the timeout list's head changed
@@ -75,11 +75,11 @@ type clientCodec struct {
 
 type clientCodecConfig struct {
 	names
-	clientID   string
-	opts       *options
-	pub        *transport.Publisher
-	deliveries <-chan amqp.Delivery
-	release    func() error
+	clientID string
+	opts     *options
+	pub      *transport.Publisher
+	stream   *transport.Stream
+	release  func() error
 }
 
 func newClientCodec(cfg clientCodecConfig) *clientCodec {
@@ -94,7 +94,7 @@ func newClientCodec(cfg clientCodecConfig) *clientCodec {
 		delivery:     deliveryMode(cfg.opts.persistent),
 		log:          cfg.opts.logger,
 		pub:          cfg.pub,
-		deliveries:   cfg.deliveries,
+		stream:       cfg.stream,
 		release:      cfg.release,
 		synthReady:   make(chan struct{}, 1),
 		timerReset:   make(chan struct{}, 1),
@@ -280,10 +280,11 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 
 		if c.unacked != nil { // ack what was read, unless more is ready right now
 			select {
-			case d, ok := <-c.deliveries:
+			case d, ok := <-c.stream.Deliveries():
 				if !ok {
 					c.flushAcks()
-					return io.EOF
+					c.stream.Lost()
+					continue
 				}
 				if c.readReply(&d, r) {
 					return nil
@@ -294,13 +295,18 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 			}
 		}
 		select {
-		case d, ok := <-c.deliveries:
-			if !ok {
-				return io.EOF
+		case d, ok := <-c.stream.Deliveries():
+			if !ok { // the channel was lost: the next one's replies follow
+				c.stream.Lost()
+				continue
 			}
 			if c.readReply(&d, r) {
 				return nil
 			}
+		case <-c.stream.Next():
+			c.stream.Switch()
+		case <-c.stream.Ended():
+			return io.EOF
 		case <-c.synthReady:
 		case <-c.closed:
 			c.flushAcks()

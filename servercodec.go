@@ -33,15 +33,15 @@ type request struct {
 // NewServerCodec users drive it through net/rpc's ServerCodec methods.
 type serverCodec struct {
 	names
-	custom     codec.Codec // accepted besides the built-in codecs
-	fanout     bool        // ignored requests are acked, not put back
-	maxBody    int
-	log        *slog.Logger
-	pub        *transport.Publisher
-	seen       *dedupe // nil: no duplicate detection
-	deliveries <-chan amqp.Delivery
-	release    func() error // stops consuming (unacked deliveries go back), once
-	cancel     func()       // asks the broker for no more deliveries
+	custom  codec.Codec // accepted besides the built-in codecs
+	fanout  bool        // ignored requests are acked, not put back
+	maxBody int
+	log     *slog.Logger
+	pub     *transport.Publisher
+	seen    *dedupe // nil: no duplicate detection
+	stream  *transport.Stream
+	release func() error // stops consuming (unacked deliveries go back), once
+	cancel  func()       // asks the broker for no more deliveries
 
 	stopping  chan struct{} // closed by stop: no further reads
 	stopOnce  sync.Once
@@ -90,7 +90,7 @@ func newServerCodec(cfg serverCodecConfig) *serverCodec {
 // attach gives the codec the consumer whose deliveries it reads; closing
 // the codec closes it.
 func (c *serverCodec) attach(k *transport.Consumer) {
-	c.deliveries = k.Deliveries()
+	c.stream = k.Stream()
 	c.release = k.Close
 	c.cancel = k.Cancel
 }
@@ -129,10 +129,15 @@ func (c *serverCodec) next() (*request, error) {
 		select {
 		case <-c.stopping:
 			return nil, io.EOF
-		case d, ok := <-c.deliveries:
-			if !ok {
-				c.lost = errConsumerEnded
-				return nil, io.EOF
+		case <-c.stream.Next():
+			c.stream.Switch()
+		case <-c.stream.Ended():
+			c.lost = errConsumerEnded
+			return nil, io.EOF
+		case d, ok := <-c.stream.Deliveries():
+			if !ok { // the channel was lost: the next one's deliveries follow
+				c.stream.Lost()
+				continue
 			}
 			req := &request{d: d, owner: c}
 			if ms, err := strconv.ParseInt(d.Expiration, 10, 64); err == nil && ms > 0 {

@@ -41,18 +41,16 @@ type Consumer struct {
 	cfg  ConsumerConfig
 	log  *slog.Logger
 	tag  string // consumer tag, the same on every channel
-	out  chan amqp.Delivery
 	ctx  context.Context // ends with Close
 	stop context.CancelFunc
-	done chan struct{} // closed when run has ended
-	// Lost receives (non-blocking, capacity 1) each time a channel was lost
-	// and consuming resumed on a new one.
-	resumed chan struct{}
+	done    chan struct{} // closed when run has ended
+	updated chan struct{} // capacity 1: cur holds new deliveries
 
 	mu sync.Mutex
-	// protects ch and cancelled
+	// protects ch, cur and cancelled
 	ch        *amqp.Channel
-	cancelled bool // by Cancel: consume no more
+	cur       <-chan amqp.Delivery // the latest channel's, until a Stream takes them
+	cancelled bool                 // by Cancel: consume no more
 }
 
 // errQueueMissing is open's error for a queue that does not exist (yet).
@@ -67,9 +65,8 @@ func (c *Conn) Consume(ctx context.Context, cfg ConsumerConfig) (*Consumer, erro
 	k := &Consumer{
 		conn: c, cfg: cfg, log: c.log, ctx: kctx, stop: stop,
 		tag:     "amqprpc-" + strconv.FormatUint(consumerSeq.Add(1), 10),
-		out:     make(chan amqp.Delivery),
 		done:    make(chan struct{}),
-		resumed: make(chan struct{}, 1),
+		updated: make(chan struct{}, 1),
 	}
 	firstCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -142,37 +139,39 @@ func (k *Consumer) open(ctx context.Context) (<-chan amqp.Delivery, error) {
 	return deliveries, nil
 }
 
-// run forwards deliveries and re-consumes after every loss until Close.
+// run keeps the consumer consuming: it publishes each new channel's
+// deliveries (see Stream), waits for that channel to close or the broker to
+// cancel the consumer, and consumes again, until Close or Cancel.
 func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
 	defer close(k.done)
-	defer close(k.out)
-	first := true
 	var wait time.Duration
 	for {
 		if deliveries != nil {
-			if !first {
-				select {
-				case k.resumed <- struct{}{}:
-				default:
-				}
+			k.mu.Lock()
+			ch := k.ch
+			k.cur = deliveries
+			k.mu.Unlock()
+			select {
+			case k.updated <- struct{}{}:
+			default:
 			}
-			first = false
-			for d := range deliveries {
-				select {
-				case k.out <- d:
-				case <-k.ctx.Done():
-					return // d is unacked: closing the channel requeues it
-				}
+			closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+			cancelled := ch.NotifyCancel(make(chan string, 1))
+			select {
+			case <-closed:
+			case <-cancelled: // the broker cancelled us: the queue was deleted
+			case <-k.ctx.Done():
+				return
 			}
 			k.mu.Lock()
-			ch, cancelled := k.ch, k.cancelled
-			if !cancelled {
+			stop := k.cancelled
+			if !stop {
 				k.ch = nil
 			}
 			k.mu.Unlock()
-			if cancelled {
-				// basic.cancel ended the stream, but deliveries still
-				// unacked must be acked on this channel: Close closes it.
+			if stop {
+				// Our own Cancel: deliveries still unacked must be acked on
+				// this channel, so Close closes it.
 				return
 			}
 			_ = ch.Close()
@@ -189,9 +188,7 @@ func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
 		if errors.Is(err, ErrClosed) || errors.Is(err, errCancelled) || k.ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errQueueMissing) {
-			first = true // waiting for the queue is not a resumption
-		} else {
+		if !errors.Is(err, errQueueMissing) {
 			k.log.Debug("amqprpc: consuming again failed; retrying", "queue", k.cfg.Queue, "err", err)
 		}
 		deliveries = nil
@@ -206,12 +203,51 @@ func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
 	}
 }
 
-// Deliveries is the consumer's one output; it is closed when the consumer
-// has stopped for good (Close, or the loss of a wrapped connection).
-func (k *Consumer) Deliveries() <-chan amqp.Delivery { return k.out }
+// Stream reads a Consumer's deliveries across its channels straight from
+// amqp091-go, without a goroutine in between. Its user selects on
+// Deliveries, Next and Ended: when Deliveries closes (its channel was lost)
+// the user calls Lost and waits on Next (a new channel's deliveries, then
+// Switch) or Ended (the consumer stopped for good). A Stream belongs to one
+// reading goroutine.
+type Stream struct {
+	k   *Consumer
+	cur <-chan amqp.Delivery
+}
 
-// Resumed receives a value after consuming resumed on a new channel.
-func (k *Consumer) Resumed() <-chan struct{} { return k.resumed }
+// Stream returns a reader of k's deliveries.
+func (k *Consumer) Stream() *Stream { return &Stream{k: k} }
+
+// Deliveries is the current channel's deliveries, nil between channels.
+func (s *Stream) Deliveries() <-chan amqp.Delivery { return s.cur }
+
+// Next receives when new deliveries are ready, while between channels.
+func (s *Stream) Next() <-chan struct{} {
+	if s.cur != nil {
+		return nil
+	}
+	return s.k.updated
+}
+
+// Ended is closed once the consumer has stopped for good, while between
+// channels.
+func (s *Stream) Ended() <-chan struct{} {
+	if s.cur != nil {
+		return nil
+	}
+	return s.k.done
+}
+
+// Lost records that Deliveries closed.
+func (s *Stream) Lost() { s.cur = nil }
+
+// Switch takes the new channel's deliveries after Next fired.
+func (s *Stream) Switch() {
+	s.k.mu.Lock()
+	cur := s.k.cur
+	s.k.cur = nil // taken: a stale value must not be read twice
+	s.k.mu.Unlock()
+	s.cur = cur
+}
 
 // Cancel asks the broker to deliver no more (basic.cancel) and stops the
 // consumer from consuming again after a reconnection. Deliveries already
