@@ -1,7 +1,9 @@
 package codec
 
 import (
+	"bytes"
 	"fmt"
+	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -24,7 +26,35 @@ type msgPack struct{}
 
 func (msgPack) ContentType() string { return "application/msgpack" }
 
-func (msgPack) Marshal(v any) ([]byte, error) { return msgpack.Marshal(v) }
+// encoders holds encoders with their buffers, so that encoding a large
+// body does not grow a new buffer from nothing every time.
+var encoders = sync.Pool{New: func() any {
+	e := &pooledEncoder{}
+	e.enc = msgpack.NewEncoder(&e.buf)
+	return e
+}}
+
+type pooledEncoder struct {
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+// maxPooledBuffer is the largest buffer kept for the next body.
+const maxPooledBuffer = 1 << 20
+
+func (msgPack) Marshal(v any) ([]byte, error) {
+	e := encoders.Get().(*pooledEncoder)
+	defer func() {
+		if e.buf.Cap() <= maxPooledBuffer {
+			encoders.Put(e)
+		}
+	}()
+	e.buf.Reset()
+	if err := e.enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.Clone(e.buf.Bytes()), nil // exact size, owned by the caller
+}
 
 func (msgPack) Unmarshal(data []byte, v any) (err error) {
 	if v == nil {

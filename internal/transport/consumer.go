@@ -37,12 +37,12 @@ type ConsumerConfig struct {
 // it came on: acking one from a lost channel fails (the broker has already
 // requeued it) and never reaches the new channel with a stale tag.
 type Consumer struct {
-	conn *Conn
-	cfg  ConsumerConfig
-	log  *slog.Logger
-	tag  string // consumer tag, the same on every channel
-	ctx  context.Context // ends with Close
-	stop context.CancelFunc
+	conn    *Conn
+	cfg     ConsumerConfig
+	log     *slog.Logger
+	tag     string          // consumer tag, the same on every channel
+	ctx     context.Context // ends with Close
+	stop    context.CancelFunc
 	done    chan struct{} // closed when run has ended
 	updated chan struct{} // capacity 1: cur holds new deliveries
 

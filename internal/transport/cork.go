@@ -27,12 +27,26 @@ type corkConn struct {
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.corked > 0 {
+	if c.corked == 0 {
+		return c.Conn.Write(p)
+	}
+	if len(p) < bigWrite {
 		c.buf = append(c.buf, p...)
 		return len(p), nil
 	}
+	// A large write gains nothing from gathering: send what was gathered,
+	// then it, without copying it.
+	if len(c.buf) > 0 {
+		if _, err := c.Conn.Write(c.buf); err != nil {
+			return 0, err
+		}
+		c.buf = c.buf[:0]
+	}
 	return c.Conn.Write(p)
 }
+
+// bigWrite is the size from which a corked write goes out at once.
+const bigWrite = 16 << 10
 
 func (c *corkConn) cork() {
 	c.mu.Lock()
