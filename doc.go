@@ -95,9 +95,15 @@
 //
 // A server acks a request only after the broker confirmed its reply. If the
 // server dies before that, the broker redelivers the request to another
-// server, so a handler can run more than once for one call (at-least-once):
-// handlers should tolerate that. A malformed request is answered with an
-// error where it has a reply address and rejected without requeue.
+// server. A server remembers the calls it answered recently
+// ([WithDedupWindow]): a request it sees again, redelivered after a lost
+// connection or published again by a client that lost the broker's
+// confirm, is acked without running twice. A duplicate that reaches another
+// server process, or a restarted one, does run again: delivery is
+// at-least-once, and handlers should tolerate that. A malformed request is
+// answered with an error where it has a reply address and rejected without
+// requeue; a panicking handler is answered with an error. Requests and
+// replies are transient unless [WithPersistent] is given.
 //
 // # Deadlines
 //
