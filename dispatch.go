@@ -44,10 +44,20 @@ func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
 // this goroutine.
 func (s *Server) handle(c *serverCodec, req *request) {
 	defer func() {
-		if p := recover(); p != nil {
-			c.log.Error("amqprpc: handler panicked", "type", req.d.Type, "panic", p, "stack", string(debug.Stack()))
-			_ = c.respond(req, fmt.Sprintf("amqprpc: %s panicked: %v", req.d.Type, p), nil)
+		p := recover()
+		if !req.decoded { // settle the limit's bookkeeping too
+			_ = c.decode(req, nil)
 		}
+		if req.answered.Load() {
+			return
+		}
+		// A panic, or runtime.Goexit, before the reply was written.
+		text := fmt.Sprintf("amqprpc: %s ended without a reply", req.d.Type)
+		if p != nil {
+			c.log.Error("amqprpc: handler panicked", "type", req.d.Type, "panic", p, "stack", string(debug.Stack()))
+			text = fmt.Sprintf("amqprpc: %s panicked: %v", req.d.Type, p)
+		}
+		_ = c.respond(req, text, nil)
 	}()
 	_ = s.rcvr.ServeRequest(&oneCall{c: c, req: req})
 }

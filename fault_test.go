@@ -3,6 +3,7 @@ package amqprpc
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Ledger records how many times each call ran.
@@ -148,4 +150,33 @@ func TestNoCallLostWhenConnectionsDrop(t *testing.T) {
 	require.Zero(t, failed.Load(), "first failure: %v", firstErr.Load())
 	assert.Zero(t, twice, "handlers that ran more than once")
 	assert.Equal(t, int(calls.Load()), len(counts), "every call ran")
+}
+
+// BadReply's encoding panics, as a user's EncodeMsgpack might.
+type BadReply struct{}
+
+func (BadReply) EncodeMsgpack(*msgpack.Encoder) error { panic("cannot encode") }
+
+func (Panicky) Bad(msg string, reply *BadReply) error { return nil }
+
+func (Panicky) Exit(msg string, reply *string) error {
+	runtime.Goexit()
+	return nil
+}
+
+// A reply whose encoding panics, or a handler that calls runtime.Goexit,
+// still gets an error reply and its request acked.
+func TestReplyEncodingPanicAndGoexit(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, Panicky{}))
+	c := dial(t, ns)
+	err := c.Call("Panicky.Bad", "x", new(BadReply))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "encoding reply: panic: cannot encode")
+	err = c.Call("Panicky.Exit", "x", new(string))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "Panicky.Exit ended without a reply")
+	var reply string
+	require.NoError(t, c.Call("Panicky.Fine", "ok", &reply))
+	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
 }

@@ -286,3 +286,32 @@ func TestReceiveSurvivesConnectionLoss(t *testing.T) {
 	assert.Equal(t, 1, <-received)
 	assert.Equal(t, []string{"after"}, inbox.messages("erin"))
 }
+
+// A receive whose queue is deleted under it waits for the queue to come
+// back, then takes its call.
+func TestReceiveSurvivesQueueDeletion(t *testing.T) {
+	ns := testNamespace(t)
+	inbox := new(Inbox)
+	s := startServer(t, ns, newRPCServer(t, inbox))
+	c := dial(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, c.CreateRequestQueue(ctx, "zed"))
+	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "zed") })
+	queue := "rpc_" + ns + "_queue_zed"
+
+	received := make(chan int, 1)
+	go func() {
+		n, err := s.ReceiveFromQueue(ctx, "zed", 1)
+		assert.NoError(t, err)
+		received <- n
+	}()
+	require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, c.DeleteRequestQueue(ctx, "zed"))
+	require.NoError(t, c.CreateRequestQueue(ctx, "zed"))
+	require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 10*time.Second, 20*time.Millisecond,
+		"the receive consumes the new queue")
+	var ok bool
+	require.NoError(t, c.CallContext(ctx, "Inbox.ShowMessage", To("zed", Message{"zed", "back"}), &ok))
+	assert.Equal(t, 1, <-received)
+}

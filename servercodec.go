@@ -25,6 +25,7 @@ type request struct {
 	deadline time.Time   // from its expiration: its reply is worthless after it
 	key      uint64      // in the server's dedupe; 0: none
 	bad      bool        // malformed: reject rather than ack
+	decoded  bool        // decode ran (on the handler's goroutine)
 	answered atomic.Bool // respond ran
 }
 
@@ -113,6 +114,9 @@ func (c *serverCodec) next() (*request, error) {
 			// Calls whose args are still being decoded may turn out
 			// malformed and not count: wait for them before stopping.
 			if c.undecided.Load() == 0 {
+				// The last call we may take is in: stop the broker from
+				// sending more while the running ones are acked.
+				c.cancel()
 				return nil, io.EOF
 			}
 			select {
@@ -219,6 +223,7 @@ func (c *serverCodec) refuse(req *request, reason string) {
 // method) discards them. Either way, or when the args do not decode, the
 // call does not count as well-formed.
 func (c *serverCodec) decode(req *request, body any) error {
+	req.decoded = true
 	defer func() {
 		c.undecided.Add(-1)
 		signal(c.decided)
@@ -231,11 +236,6 @@ func (c *serverCodec) decode(req *request, body any) error {
 		req.bad = true
 		c.count.Add(-1)
 		return fmt.Errorf("amqprpc: decoding args: %w", err)
-	}
-	if c.limit > 0 && c.count.Load() == int64(c.limit) && c.undecided.Load() == 1 {
-		// The last call we may take: stop the broker from sending more
-		// while the running ones are acked.
-		c.cancel()
 	}
 	return nil
 }
@@ -256,7 +256,7 @@ func (c *serverCodec) respond(req *request, errText string, body any) error {
 	if errText != "" {
 		return c.publishReply(req, errText, nil)
 	}
-	data, err := req.codec.Marshal(body)
+	data, err := marshal(req.codec, body)
 	switch {
 	case err != nil:
 		return c.publishReply(req, "amqprpc: encoding reply: "+err.Error(), nil)
@@ -264,6 +264,17 @@ func (c *serverCodec) respond(req *request, errText string, body any) error {
 		return c.publishReply(req, fmt.Sprintf("amqprpc: reply of %d bytes exceeds the limit of %d", len(data), c.maxBody), nil)
 	}
 	return c.publishReply(req, "", data)
+}
+
+// marshal encodes body with cd; a panic in user encoding code (a
+// MarshalJSON, an EncodeMsgpack) becomes an error.
+func marshal(cd codec.Codec, body any) (data []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return cd.Marshal(body)
 }
 
 // publishReply sends the reply (errText or body) of req and settles req once

@@ -71,12 +71,12 @@ func (c *Conn) Consume(ctx context.Context, cfg ConsumerConfig) (*Consumer, erro
 	firstCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(kctx, cancel)()
-	deliveries, err := k.open(firstCtx)
+	first, err := k.open(firstCtx)
 	if err != nil && !(cfg.WaitForQueue && errors.Is(err, errQueueMissing)) {
 		stop()
 		return nil, err
 	}
-	go k.run(deliveries)
+	go k.run(first)
 	return k, nil
 }
 
@@ -87,7 +87,15 @@ var consumerSeq atomic.Uint64
 var errCancelled = errors.New("amqprpc: consumer cancelled")
 
 // open opens a channel and consumes on it.
-func (k *Consumer) open(ctx context.Context) (<-chan amqp.Delivery, error) {
+// sub is one channel's subscription: its deliveries and the notifications
+// that end it, registered before consuming so that none is missed.
+type sub struct {
+	deliveries <-chan amqp.Delivery
+	closed     chan *amqp.Error
+	cancelled  chan string // the broker cancelled us (the queue was deleted)
+}
+
+func (k *Consumer) open(ctx context.Context) (*sub, error) {
 	k.mu.Lock()
 	cancelled := k.cancelled
 	k.mu.Unlock()
@@ -104,6 +112,10 @@ func (k *Consumer) open(ctx context.Context) (<-chan amqp.Delivery, error) {
 	ch, err := k.conn.Channel(ctx)
 	if err != nil {
 		return nil, err
+	}
+	su := &sub{
+		closed:    ch.NotifyClose(make(chan *amqp.Error, 1)),
+		cancelled: ch.NotifyCancel(make(chan string, 1)),
 	}
 	deliveries, err := func() (<-chan amqp.Delivery, error) {
 		if k.cfg.Setup != nil {
@@ -136,30 +148,29 @@ func (k *Consumer) open(ctx context.Context) (<-chan amqp.Delivery, error) {
 		_ = ch.Close()
 		return nil, errCancelled
 	}
-	return deliveries, nil
+	su.deliveries = deliveries
+	return su, nil
 }
 
 // run keeps the consumer consuming: it publishes each new channel's
 // deliveries (see Stream), waits for that channel to close or the broker to
 // cancel the consumer, and consumes again, until Close or Cancel.
-func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
+func (k *Consumer) run(su *sub) {
 	defer close(k.done)
 	var wait time.Duration
 	for {
-		if deliveries != nil {
+		if su != nil {
 			k.mu.Lock()
 			ch := k.ch
-			k.cur = deliveries
+			k.cur = su.deliveries
 			k.mu.Unlock()
 			select {
 			case k.updated <- struct{}{}:
 			default:
 			}
-			closed := ch.NotifyClose(make(chan *amqp.Error, 1))
-			cancelled := ch.NotifyCancel(make(chan string, 1))
 			select {
-			case <-closed:
-			case <-cancelled: // the broker cancelled us: the queue was deleted
+			case <-su.closed:
+			case <-su.cancelled: // the broker cancelled us: the queue was deleted
 			case <-k.ctx.Done():
 				return
 			}
@@ -180,7 +191,7 @@ func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
 			return
 		}
 		var err error
-		deliveries, err = k.open(k.ctx)
+		su, err = k.open(k.ctx)
 		if err == nil {
 			wait = 0
 			continue
@@ -191,7 +202,7 @@ func (k *Consumer) run(deliveries <-chan amqp.Delivery) {
 		if !errors.Is(err, errQueueMissing) {
 			k.log.Debug("amqprpc: consuming again failed; retrying", "queue", k.cfg.Queue, "err", err)
 		}
-		deliveries = nil
+		su = nil
 		// Look again soon, then less often: every look at a missing queue
 		// costs the broker a channel.
 		wait = min(max(2*wait, 50*time.Millisecond), time.Second)
