@@ -9,7 +9,8 @@ import (
 // fail with [rpc.ErrShutdown], and calls whose context ends with ctx.Err(),
 // as in the standard library.
 var (
-	// ErrClosed is returned by Serve on a server that was closed.
+	// ErrClosed is returned by Serve and ReceiveFromQueue on a server that
+	// was closed.
 	ErrClosed = errors.New("amqprpc: server closed")
 	// ErrServing is returned by Serve while another Serve runs on the same server.
 	ErrServing = errors.New("amqprpc: server already serving")
@@ -25,8 +26,7 @@ var (
 	// a request (return it as is: net/rpc passes only its text). A fanout
 	// server then sends no reply and acks the request. A direct server puts
 	// the request back for another server to take, a little later each time;
-	// after ignoreLimit tries the caller gets an error saying every server
-	// ignored it.
+	// after ten tries the caller gets an error saying that no server took it.
 	ErrIgnoreRequest = errors.New("amqprpc: request ignored")
 	// ErrRefused means the broker refused to take a request (a negative
 	// publisher confirm); the call was not run.
