@@ -64,11 +64,13 @@ type clientCodec struct {
 	next *callInfo
 
 	// Read side: net/rpc reads header and body pairs from one goroutine.
-	body       []byte            // body still to decode in ReadResponseBody
-	bodyCodec  codec.Codec       // its codec; nil: nothing to decode
-	unacked    amqp.Acknowledger // channel of the replies read but not acked yet
-	unackedTag uint64            // the last of them
-	unackedN   int
+	body         []byte            // body still to decode in ReadResponseBody
+	bodyCodec    codec.Codec       // its codec; nil: nothing to decode
+	unacked      amqp.Acknowledger // channel of the replies read but not acked yet
+	unackedTag   uint64            // the last of them
+	unackedN     int
+	unackedSince time.Time   // when the oldest of them was read
+	ackTimer     *time.Timer // fires when they are due
 
 	dropped atomic.Uint64 // replies dropped: unknown ids, duplicates, unreadable
 }
@@ -101,6 +103,8 @@ func newClientCodec(cfg clientCodecConfig) *clientCodec {
 		closed:       make(chan struct{}),
 		pending:      make(map[uint64]*pendingCall),
 	}
+	c.ackTimer = time.NewTimer(time.Hour)
+	c.ackTimer.Stop()
 	c.wg.Add(1)
 	go c.expire()
 	return c
@@ -278,31 +282,28 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 		}
 		c.mu.Unlock()
 
-		if c.unacked != nil { // ack what was read, unless more is ready right now
-			select {
-			case d, ok := <-c.stream.Deliveries():
-				if !ok {
-					c.flushAcks()
-					c.stream.Lost()
-					continue
-				}
-				if c.readReply(&d, r) {
-					return nil
-				}
-				continue
-			default:
+		var ackDue <-chan time.Time // armed while replies wait for their ack
+		if c.unacked != nil {
+			wait := replyAckDelay - time.Since(c.unackedSince)
+			if wait <= 0 {
 				c.flushAcks()
+			} else {
+				c.ackTimer.Reset(wait)
+				ackDue = c.ackTimer.C
 			}
 		}
 		select {
 		case d, ok := <-c.stream.Deliveries():
 			if !ok { // the channel was lost: the next one's replies follow
 				c.stream.Lost()
+				c.unacked, c.unackedN = nil, 0 // the broker requeued them
 				continue
 			}
 			if c.readReply(&d, r) {
 				return nil
 			}
+		case <-ackDue:
+			c.flushAcks()
 		case <-c.stream.Next():
 			c.stream.Switch()
 		case <-c.stream.Ended():
@@ -315,16 +316,25 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 	}
 }
 
-// replyAckBatch bounds how many replies one ack covers.
-const replyAckBatch = 128
+// Replies are acked together, with one multiple ack for up to
+// replyAckBatch of them or after replyAckDelay: each ack costs the broker
+// about as much CPU as the reply itself (measured: 17 us per call on the
+// benchmark machine when every burst was acked at once). Unacked replies
+// are only at risk if the connection drops, and then the broker redelivers
+// them and the client drops the duplicates. replyPrefetch is far above the
+// batch, so the broker never waits for these acks.
+const (
+	replyAckBatch = 64
+	replyAckDelay = 20 * time.Millisecond
+)
 
-// ackLater notes that d was read. Replies are acked together (multiple)
-// when no more are waiting or replyAckBatch were read: one ack frame, and
-// one write, for many replies. The broker redelivers what a lost connection
-// left unacked.
+// ackLater notes that d was read.
 func (c *clientCodec) ackLater(d *amqp.Delivery) {
 	if c.unacked != nil && c.unacked != d.Acknowledger {
 		c.flushAcks() // a new channel: acks never cross channels
+	}
+	if c.unacked == nil {
+		c.unackedSince = time.Now()
 	}
 	c.unacked, c.unackedTag = d.Acknowledger, d.DeliveryTag
 	if c.unackedN++; c.unackedN >= replyAckBatch {
