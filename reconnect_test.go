@@ -2,6 +2,7 @@ package amqprpc
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,4 +44,16 @@ func TestCallInFlightSurvivesConnectionLoss(t *testing.T) {
 	close(g.release)
 	require.NoError(t, <-done)
 	assert.Equal(t, "done x", reply)
+}
+
+// A client and a server each publish and consume on separate connections,
+// so that a broker blocking publishers cannot stop deliveries.
+func TestSeparateConnections(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, new(Math)), WithConnectionName("sep server "+ns))
+	dial(t, ns, WithConnectionName("sep client "+ns))
+	require.Eventually(t, func() bool {
+		out := rabbitmqctl(t, "list_connections", "-q", "client_properties")
+		return strings.Count(out, "sep server "+ns) == 2 && strings.Count(out, "sep client "+ns) == 2
+	}, 10*time.Second, 100*time.Millisecond, "two connections each")
 }

@@ -258,60 +258,48 @@ func TestReceiveCountsOnlyWellFormedCalls(t *testing.T) {
 	assert.Equal(t, 0, queueDepth(t, "rpc_"+ns+"_queue_dan"))
 }
 
-// A receive resumes consuming after the broker closed every connection.
-func TestReceiveSurvivesConnectionLoss(t *testing.T) {
-	ns := testNamespace(t)
-	inbox := new(Inbox)
-	s := startServer(t, ns, newRPCServer(t, inbox))
-	c := dial(t, ns)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	require.NoError(t, c.CreateRequestQueue(ctx, "erin"))
-	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "erin") })
-	queue := "rpc_" + ns + "_queue_erin"
+// TestReceiveSurvives checks that a receive waiting on its queue takes its
+// call after a disruption: the broker closing every connection, or the
+// queue being deleted and created again.
+func TestReceiveSurvives(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		disrupt func(t *testing.T, c *Client, user string)
+	}{
+		{"connection loss", func(t *testing.T, c *Client, user string) {
+			rabbitmqctl(t, "close_all_connections", "fault test")
+		}},
+		{"queue deletion", func(t *testing.T, c *Client, user string) {
+			require.NoError(t, c.DeleteRequestQueue(context.Background(), user))
+			require.NoError(t, c.CreateRequestQueue(context.Background(), user))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testNamespace(t)
+			inbox := new(Inbox)
+			s := startServer(t, ns, newRPCServer(t, inbox))
+			c := dial(t, ns)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			require.NoError(t, c.CreateRequestQueue(ctx, "erin"))
+			t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "erin") })
+			queue := "rpc_" + ns + "_queue_erin"
 
-	received := make(chan int, 1)
-	go func() {
-		n, err := s.ReceiveFromQueue(ctx, "erin", 1)
-		assert.NoError(t, err)
-		received <- n
-	}()
-	require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 10*time.Second, 10*time.Millisecond)
-	rabbitmqctl(t, "close_all_connections", "fault test")
-	require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 30*time.Second, 20*time.Millisecond,
-		"the receive consumes again")
+			received := make(chan int, 1)
+			go func() {
+				n, err := s.ReceiveFromQueue(ctx, "erin", 1)
+				assert.NoError(t, err)
+				received <- n
+			}()
+			require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 10*time.Second, 10*time.Millisecond)
+			tc.disrupt(t, c, "erin")
+			require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 30*time.Second, 20*time.Millisecond,
+				"the receive consumes again")
 
-	var ok bool
-	require.NoError(t, c.CallContext(ctx, "Inbox.ShowMessage", To("erin", Message{"erin", "after"}), &ok))
-	assert.Equal(t, 1, <-received)
-	assert.Equal(t, []string{"after"}, inbox.messages("erin"))
-}
-
-// A receive whose queue is deleted under it waits for the queue to come
-// back, then takes its call.
-func TestReceiveSurvivesQueueDeletion(t *testing.T) {
-	ns := testNamespace(t)
-	inbox := new(Inbox)
-	s := startServer(t, ns, newRPCServer(t, inbox))
-	c := dial(t, ns)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	require.NoError(t, c.CreateRequestQueue(ctx, "zed"))
-	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "zed") })
-	queue := "rpc_" + ns + "_queue_zed"
-
-	received := make(chan int, 1)
-	go func() {
-		n, err := s.ReceiveFromQueue(ctx, "zed", 1)
-		assert.NoError(t, err)
-		received <- n
-	}()
-	require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 10*time.Second, 10*time.Millisecond)
-	require.NoError(t, c.DeleteRequestQueue(ctx, "zed"))
-	require.NoError(t, c.CreateRequestQueue(ctx, "zed"))
-	require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 10*time.Second, 20*time.Millisecond,
-		"the receive consumes the new queue")
-	var ok bool
-	require.NoError(t, c.CallContext(ctx, "Inbox.ShowMessage", To("zed", Message{"zed", "back"}), &ok))
-	assert.Equal(t, 1, <-received)
+			var ok bool
+			require.NoError(t, c.CallContext(ctx, "Inbox.ShowMessage", To("erin", Message{"erin", "after"}), &ok))
+			assert.Equal(t, 1, <-received)
+			assert.Equal(t, []string{"after"}, inbox.messages("erin"))
+		})
+	}
 }
