@@ -23,6 +23,7 @@ type Server struct {
 	pubConn *transport.Conn
 	subConn *transport.Conn
 	pub     *transport.Publisher
+	acker   *transport.Acker          // acks requests, gathered per burst of reply confirms
 	seen    *dedupe                   // calls answered recently, shared by all consumers
 	queue   string                    // that Serve consumes
 	setup   func(*amqp.Channel) error // declares what Serve needs
@@ -86,7 +87,8 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 		_ = s.closeConns()
 		return nil, err
 	}
-	if s.pub, err = transport.NewPublisher(pubConn, o.logger, n.declareExchanges, subConn); err != nil {
+	s.acker = transport.NewAcker()
+	if s.pub, err = transport.NewPublisher(pubConn, o.logger, n.declareExchanges, ackBurst(s.acker, subConn)); err != nil {
 		_ = s.closeConns()
 		return nil, err
 	}
@@ -138,7 +140,7 @@ func (s *Server) start(ctx context.Context, cfg transport.ConsumerConfig, limit 
 	s.running.Add(1)
 	s.mu.Unlock()
 
-	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, seen: s.seen, limit: limit})
+	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, acker: s.acker, seen: s.seen, limit: limit})
 	if limit > 0 {
 		cfg.Remaining = c.remaining
 	}
@@ -231,6 +233,20 @@ func (s *Server) Close() error {
 	return s.closeErr
 }
 
+// ackBurst returns the publisher's burst hook: the acks that a burst of
+// reply confirms triggers are gathered into multiple acks, and their frames
+// into one write on the consuming connection.
+func ackBurst(a *transport.Acker, conn *transport.Conn) func() (end func()) {
+	return func() (end func()) {
+		uncork := conn.Cork()
+		flush := a.Burst()
+		return func() {
+			flush()
+			uncork()
+		}
+	}
+}
+
 // deleteQueue deletes the fanout server's own queue, if the connection is
 // up; otherwise the broker deletes it after its expiry.
 func (s *Server) deleteQueue() {
@@ -271,13 +287,14 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 		_ = tc.Close()
 		return nil, err
 	}
-	pub, err := transport.NewPublisher(tc, o.logger, n.declareExchanges, tc)
+	acker := transport.NewAcker()
+	pub, err := transport.NewPublisher(tc, o.logger, n.declareExchanges, ackBurst(acker, tc))
 	if err != nil {
 		_ = k.Close()
 		_ = tc.Close()
 		return nil, err
 	}
-	c := newServerCodec(serverCodecConfig{names: n, opts: o, pub: pub, seen: newDedupe(o.dedupe)})
+	c := newServerCodec(serverCodecConfig{names: n, opts: o, pub: pub, acker: acker, seen: newDedupe(o.dedupe)})
 	c.attach(k)
 	c.release = joinClose(k.Close, stopPublisher(pub), tc.Close, pub.Close)
 	return c, nil

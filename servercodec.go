@@ -39,7 +39,8 @@ type serverCodec struct {
 	maxBody int
 	log     *slog.Logger
 	pub     *transport.Publisher
-	seen    *dedupe // nil: no duplicate detection
+	acker   *transport.Acker // sends the acks, merging those of a burst
+	seen    *dedupe          // nil: no duplicate detection
 	stream  *transport.Stream
 	release func() error // stops consuming (unacked deliveries go back), once
 	cancel  func()       // asks the broker for no more deliveries
@@ -68,6 +69,7 @@ type serverCodecConfig struct {
 	names
 	opts  *options
 	pub   *transport.Publisher
+	acker *transport.Acker
 	seen  *dedupe
 	limit int // stop after this many well-formed calls; <= 0: no limit
 }
@@ -79,6 +81,7 @@ func newServerCodec(cfg serverCodecConfig) *serverCodec {
 		maxBody:  cfg.opts.maxBody,
 		log:      cfg.opts.logger,
 		pub:      cfg.pub,
+		acker:    cfg.acker,
 		seen:     cfg.seen,
 		limit:    cfg.limit,
 		fanout:   cfg.names.fanout,
@@ -144,6 +147,7 @@ func (c *serverCodec) next() (*request, error) {
 				continue
 			}
 			req := &request{d: d, owner: c}
+			c.acker.Take(&req.d)
 			if ms, err := strconv.ParseInt(d.Expiration, 10, 64); err == nil && ms > 0 {
 				req.deadline = time.Now().Add(time.Duration(ms) * time.Millisecond)
 			}
@@ -348,21 +352,31 @@ func (c *serverCodec) ignore(req *request) {
 // cannot be settled: the broker has requeued it already.
 func (c *serverCodec) settle(req *request, o transport.Outcome) {
 	done := req.bad || o == transport.Acked || o == transport.Expired
-	var err error
-	switch {
-	case req.bad:
-		err = req.d.Reject(false)
-	case done:
-		err = req.d.Ack(false)
-	default:
-		err = req.d.Nack(false, true)
-	}
-	if err != nil {
-		c.log.Debug("amqprpc: settling a request failed; the broker requeues it",
-			"correlation_id", req.d.CorrelationId, "err", err)
-	}
+	c.release1(&req.d, req.bad, done)
 	c.forget(req, done)
 	c.inflight.Done()
+}
+
+// release1 settles one delivery with the broker: rejected if malformed,
+// acked if done (through the Acker, which may merge it with others), else
+// requeued. A delivery from a channel lost since cannot be settled: the
+// broker has requeued it already.
+func (c *serverCodec) release1(d *amqp.Delivery, bad, done bool) {
+	if done && !bad {
+		c.acker.Ack(d)
+		return
+	}
+	var err error
+	if bad {
+		err = d.Reject(false)
+	} else {
+		err = d.Nack(false, true)
+	}
+	c.acker.Settled(d)
+	if err != nil {
+		c.log.Debug("amqprpc: settling a request failed; the broker requeues it",
+			"correlation_id", d.CorrelationId, "err", err)
+	}
 }
 
 // forget ends req's entry in the dedupe and settles the duplicates parked
@@ -372,15 +386,7 @@ func (c *serverCodec) forget(req *request, done bool) {
 		return
 	}
 	for _, dup := range c.seen.finish(req.key, done) {
-		var err error
-		if done {
-			err = dup.d.Ack(false)
-		} else {
-			err = dup.d.Nack(false, true)
-		}
-		if err != nil {
-			c.log.Debug("amqprpc: settling a duplicate failed", "correlation_id", dup.d.CorrelationId, "err", err)
-		}
+		c.release1(&dup.d, false, done)
 		dup.owner.inflight.Done()
 	}
 	req.key = 0

@@ -68,14 +68,14 @@ const maxTries = 10
 // one (the broker may then see them twice); messages published while the
 // connection is down wait for it. It is safe for concurrent use.
 type Publisher struct {
-	conn    *Conn
-	log     *slog.Logger
-	setup   func(*amqp.Channel) error
-	ackConn *Conn           // corked around bursts of callbacks; may be nil
-	ctx     context.Context // ends with Close
-	stop    context.CancelFunc
-	wake    chan struct{} // capacity 1: queued gained messages
-	done    chan struct{} // closed when run has ended
+	conn  *Conn
+	log   *slog.Logger
+	setup func(*amqp.Channel) error
+	burst func() (end func()) // brackets bursts of callbacks; may be nil
+	ctx   context.Context     // ends with Close
+	stop  context.CancelFunc
+	wake  chan struct{} // capacity 1: queued gained messages
+	done  chan struct{} // closed when run has ended
 
 	mu sync.Mutex
 	// protects queued and closed
@@ -87,12 +87,12 @@ type Publisher struct {
 // (which may be nil) runs on every new channel, before anything is sent on
 // it: it declares the exchanges the messages go to.
 //
-// ackConn, if not nil, is the connection the message callbacks ack
-// deliveries on: it is corked while a burst of confirms is handed out, so
-// that their acks leave in one write.
-func NewPublisher(conn *Conn, log *slog.Logger, setup func(*amqp.Channel) error, ackConn *Conn) (*Publisher, error) {
+// burst, if not nil, is called before a burst of confirms is handed out to
+// the callbacks, and the func it returns after: the callbacks' acks can be
+// gathered in between (see Acker and Conn.Cork).
+func NewPublisher(conn *Conn, log *slog.Logger, setup func(*amqp.Channel) error, burst func() (end func())) (*Publisher, error) {
 	ctx, stop := context.WithCancel(context.Background())
-	p := &Publisher{conn: conn, log: log, setup: setup, ackConn: ackConn, ctx: ctx, stop: stop,
+	p := &Publisher{conn: conn, log: log, setup: setup, burst: burst, ctx: ctx, stop: stop,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	l, err := p.open()
 	if err != nil {
@@ -355,12 +355,12 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 // trip needs at full speed.
 const maxInFlight = 1024
 
-// corkAcks corks the connection the callbacks ack on, if any.
-func (p *Publisher) corkAcks() (uncork func()) {
-	if p.ackConn == nil {
+// corkAcks opens a burst of callbacks, if the publisher has a hook for it.
+func (p *Publisher) corkAcks() (end func()) {
+	if p.burst == nil {
 		return func() {}
 	}
-	return p.ackConn.Cork()
+	return p.burst()
 }
 
 // select1 makes sure serve looks at the queue at least once.
