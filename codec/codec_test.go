@@ -6,6 +6,7 @@ import (
 	"github.com/amqprpc/amqprpc/codec"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 type args struct {
@@ -45,4 +46,24 @@ func TestByContentType(t *testing.T) {
 	}
 	_, ok := codec.ByContentType("text/plain")
 	assert.False(t, ok)
+}
+
+// Raw payloads take a fast path that must match msgpack's own encoding.
+func TestMsgPackRawBytes(t *testing.T) {
+	for _, n := range []int{0, 1, 255, 256, 65535, 65536, 70000} {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i)
+		}
+		fast, err := codec.MsgPack.Marshal(b)
+		require.NoError(t, err)
+		want, err := msgpack.Marshal(b)
+		require.NoError(t, err)
+		assert.Equal(t, want, fast, "n=%d", n)
+		var out []byte
+		require.NoError(t, codec.MsgPack.Unmarshal(fast, &out))
+		assert.Equal(t, b, out)
+	}
+	var out []byte
+	assert.Error(t, codec.MsgPack.Unmarshal([]byte{0xc4, 0x05, 1, 2}, &out), "a short bin is refused")
 }

@@ -43,6 +43,9 @@ type pooledEncoder struct {
 const maxPooledBuffer = 1 << 20
 
 func (msgPack) Marshal(v any) ([]byte, error) {
+	if b, ok := v.([]byte); ok && b != nil { // the common raw payload: one copy, exact size
+		return appendBin(make([]byte, 0, len(b)+5), b), nil
+	}
 	e := encoders.Get().(*pooledEncoder)
 	defer func() {
 		if e.buf.Cap() <= maxPooledBuffer {
@@ -63,10 +66,59 @@ func (msgPack) Unmarshal(data []byte, v any) (err error) {
 	if err := checkMsgPack(data); err != nil {
 		return err
 	}
+	if p, ok := v.(*[]byte); ok {
+		if b, ok := binBody(data); ok {
+			// A raw payload decodes without a copy: the body is the
+			// caller's, as amqprpc hands each delivery's body out once.
+			*p = b
+			return nil
+		}
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: msgpack: decoding panicked: %v", ErrMalformed, r)
 		}
 	}()
 	return msgpack.Unmarshal(data, v)
+}
+
+// appendBin appends b to dst as a msgpack bin, as msgpack.Marshal would.
+func appendBin(dst, b []byte) []byte {
+	switch n := len(b); {
+	case n <= 0xff:
+		dst = append(dst, 0xc4, byte(n))
+	case n <= 0xffff:
+		dst = append(dst, 0xc5, byte(n>>8), byte(n))
+	default:
+		dst = append(dst, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(dst, b...)
+}
+
+// binBody returns the payload of data if data is exactly one msgpack bin.
+func binBody(data []byte) ([]byte, bool) {
+	if len(data) < 2 {
+		return nil, false
+	}
+	var n, h int
+	switch data[0] {
+	case 0xc4:
+		n, h = int(data[1]), 2
+	case 0xc5:
+		if len(data) < 3 {
+			return nil, false
+		}
+		n, h = int(data[1])<<8|int(data[2]), 3
+	case 0xc6:
+		if len(data) < 5 {
+			return nil, false
+		}
+		n, h = int(data[1])<<24|int(data[2])<<16|int(data[3])<<8|int(data[4]), 5
+	default:
+		return nil, false
+	}
+	if h+n != len(data) {
+		return nil, false
+	}
+	return data[h:len(data):len(data)], true
 }
