@@ -203,9 +203,6 @@ func (c *Conn) Cork() (uncork func()) {
 	return cc.uncork
 }
 
-// Done is closed by Close.
-func (c *Conn) Done() <-chan struct{} { return c.done }
-
 // closeTimeout bounds how long closing a connection waits for the broker.
 const closeTimeout = 5 * time.Second
 

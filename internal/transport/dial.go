@@ -30,14 +30,9 @@ type Config struct {
 // handshakeTimeout bounds the TCP connect and the TLS and AMQP handshakes.
 const handshakeTimeout = 30 * time.Second
 
-// Dial opens one AMQP connection; ending ctx interrupts it. Its errors never
-// contain the password.
-func Dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, error) {
-	conn, _, err := dial(ctx, rawURL, cfg)
-	return conn, err
-}
-
-// dial is Dial that also returns the corkable network connection.
+// dial opens one AMQP connection and returns it with the corkable network
+// connection under it; ending ctx interrupts it. Its errors never contain
+// the password.
 func dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, *corkConn, error) {
 	var cc *corkConn
 	props := amqp.NewConnectionProperties()
