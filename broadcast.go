@@ -140,22 +140,11 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 
 // decodeResult turns one reply to a broadcast into a Result.
 func (c *clientCodec) decodeResult(d *amqp.Delivery, newReply func() any) link.Result {
-	if e, isErr := d.Headers[headerError]; isErr {
-		text, _ := e.(string)
-		if text == "" {
-			text = "amqprpc: remote error without text"
-		}
+	if text, isErr := remoteError(d); isErr {
 		return link.Result{Err: rpc.ServerError(text)}
 	}
 	reply := newReply()
-	cd, ok := decoderFor(d.ContentType, c.codec)
-	if !ok {
-		return link.Result{Reply: reply, Err: fmt.Errorf("amqprpc: reply has unknown content type %q", d.ContentType)}
-	}
-	if err := cd.Unmarshal(d.Body, reply); err != nil {
-		return link.Result{Reply: reply, Err: fmt.Errorf("amqprpc: decoding reply: %w", err)}
-	}
-	return link.Result{Reply: reply}
+	return link.Result{Reply: reply, Err: c.decodeReply(d, reply)}
 }
 
 // ignoreLimit is how many times a direct request may be ignored

@@ -21,8 +21,7 @@ type Client struct {
 
 	codec     *clientCodec
 	conn      *transport.Conn // consuming; also for queue management
-	id        string
-	sendMu    sync.Mutex // pairs codec.next with its call
+	sendMu    sync.Mutex      // pairs codec.next with its call
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -73,7 +72,6 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 		Client: rpc.NewClientWithCodec(cc),
 		codec:  cc,
 		conn:   subConn,
-		id:     id,
 	}, nil
 }
 
@@ -168,7 +166,7 @@ func joinClose(fns ...func() error) func() error {
 }
 
 // ID returns the client id: the routing key of its replies.
-func (c *Client) ID() string { return c.id }
+func (c *Client) ID() string { return c.codec.replyTo }
 
 // Call invokes serviceMethod, waits for it to complete and returns its error
 // status, as rpc.Client.Call does. It fails with an error matching

@@ -374,26 +374,57 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 		return false
 	}
 	*r = rpc.Response{ServiceMethod: d.Type, Seq: seq}
-	if e, isErr := d.Headers[headerError]; isErr {
-		r.Error, _ = e.(string)
-		if r.Error == "" {
-			r.Error = "amqprpc: remote error without text"
-		}
-		return true
-	}
-	cd, known := decoderFor(d.ContentType, c.codec)
-	if !known {
-		r.Error = fmt.Sprintf("amqprpc: reply has unknown content type %q", d.ContentType)
+	if text, isErr := remoteError(d); isErr {
+		r.Error = text
 		return true
 	}
 	if p.reply == nil { // a plain net/rpc caller: decode in ReadResponseBody
+		cd, err := c.replyCodec(d)
+		if err != nil {
+			r.Error = err.Error()
+			return true
+		}
 		c.bodyCodec, c.body = cd, d.Body
 		return true
 	}
-	if err := cd.Unmarshal(d.Body, p.reply); err != nil {
-		r.Error = "amqprpc: decoding reply: " + err.Error()
+	if err := c.decodeReply(d, p.reply); err != nil {
+		r.Error = err.Error()
 	}
 	return true
+}
+
+// remoteError returns the error text a reply carries, if it carries one.
+func remoteError(d *amqp.Delivery) (string, bool) {
+	e, isErr := d.Headers[headerError]
+	if !isErr {
+		return "", false
+	}
+	text, _ := e.(string)
+	if text == "" {
+		text = "amqprpc: remote error without text"
+	}
+	return text, true
+}
+
+// replyCodec is the codec that decodes reply d.
+func (c *clientCodec) replyCodec(d *amqp.Delivery) (codec.Codec, error) {
+	cd, ok := decoderFor(d.ContentType, c.codec)
+	if !ok {
+		return nil, fmt.Errorf("amqprpc: reply has unknown content type %q", d.ContentType)
+	}
+	return cd, nil
+}
+
+// decodeReply decodes reply d's body into reply.
+func (c *clientCodec) decodeReply(d *amqp.Delivery, reply any) error {
+	cd, err := c.replyCodec(d)
+	if err != nil {
+		return err
+	}
+	if err := cd.Unmarshal(d.Body, reply); err != nil {
+		return fmt.Errorf("amqprpc: decoding reply: %w", err)
+	}
+	return nil
 }
 
 // ReadResponseBody decodes the reply body that ReadResponseHeader left, if

@@ -46,6 +46,25 @@ func queueExists(t testing.TB, queue string) bool {
 	return err == nil
 }
 
+// inboxService serves a new Inbox in a namespace of t's own and returns it
+// with its server and a client.
+func inboxService(t *testing.T) (ns string, inbox *Inbox, s *Server, c *Client) {
+	t.Helper()
+	ns = testNamespace(t)
+	inbox = new(Inbox)
+	s = startServer(t, ns, newRPCServer(t, inbox))
+	return ns, inbox, s, dial(t, ns)
+}
+
+// userQueue creates user's request queue through c, deletes it when t ends,
+// and returns its broker name.
+func userQueue(t *testing.T, c *Client, ns, user string) string {
+	t.Helper()
+	require.NoError(t, c.CreateRequestQueue(context.Background(), user))
+	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), user) })
+	return "rpc_" + ns + "_queue_" + user
+}
+
 func TestCreateAndDeleteRequestQueue(t *testing.T) {
 	ns := testNamespace(t)
 	c := dial(t, ns)
@@ -85,11 +104,8 @@ func TestRequestQueueExpiry(t *testing.T) {
 // The seed's story: the Core creates Alice's queue and sends to it; an API
 // server that started waiting before the queue existed handles the call.
 func TestReceiveBeforeQueueExists(t *testing.T) {
-	ns := testNamespace(t)
-	inbox := new(Inbox)
-	s := startServer(t, ns, newRPCServer(t, inbox))
-	c := dial(t, ns)
-	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "alice") })
+	_, inbox, s, c := inboxService(t)
+	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "alice") }) // created below
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -111,37 +127,29 @@ func TestReceiveBeforeQueueExists(t *testing.T) {
 }
 
 func TestReceiveTimesOutOnIdleQueue(t *testing.T) {
-	ns := testNamespace(t)
-	s := startServer(t, ns, newRPCServer(t, new(Inbox)))
-	c := dial(t, ns)
-	require.NoError(t, c.CreateRequestQueue(context.Background(), "idle"))
-	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "idle") })
+	ns, _, s, c := inboxService(t)
+	queue := userQueue(t, c, ns, "idle")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	n, err := s.ReceiveFromQueue(ctx, "idle", 1)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Equal(t, 0, n)
-	require.Eventually(t, func() bool { return consumers(t, "rpc_"+ns+"_queue_idle") == 0 }, 5*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return consumers(t, queue) == 0 }, 5*time.Second, 10*time.Millisecond,
 		"the receive stopped consuming")
 }
 
 // max = 2 with 3 queued calls: the third stays for the next receive.
 func TestReceiveTakesNoMoreThanMax(t *testing.T) {
-	ns := testNamespace(t)
-	inbox := new(Inbox)
-	s := startServer(t, ns, newRPCServer(t, inbox))
-	c := dial(t, ns)
+	ns, inbox, s, c := inboxService(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	require.NoError(t, c.CreateRequestQueue(ctx, "bob"))
-	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "bob") })
+	queue := userQueue(t, c, ns, "bob")
 
 	calls := make([]*rpc.Call, 3)
 	for i := range calls {
 		calls[i] = c.Go("Inbox.ShowMessage", To("bob", Message{"bob", fmt.Sprint("m", i)}), new(bool), nil)
 	}
-	queue := "rpc_" + ns + "_queue_bob"
 	require.Eventually(t, func() bool { return queueDepth(t, queue) == 3 }, 5*time.Second, 10*time.Millisecond)
 
 	n, err := s.ReceiveFromQueue(ctx, "bob", 2)
@@ -171,8 +179,7 @@ func TestTuneRoutesByArgument(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, u := range []string{"alice", "bob"} {
-		require.NoError(t, c.CreateRequestQueue(ctx, u))
-		t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), u) })
+		userQueue(t, c, ns, u)
 	}
 	c.Tune("Inbox.ShowMessage", func(args any) string { return args.(Message).User })
 
@@ -227,14 +234,10 @@ func TestUnroutableCallFailsAtOnce(t *testing.T) {
 
 // Malformed requests in a user queue are refused and not counted.
 func TestReceiveCountsOnlyWellFormedCalls(t *testing.T) {
-	ns := testNamespace(t)
-	inbox := new(Inbox)
-	s := startServer(t, ns, newRPCServer(t, inbox))
-	c := dial(t, ns)
+	ns, inbox, s, c := inboxService(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	require.NoError(t, c.CreateRequestQueue(ctx, "dan"))
-	t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "dan") })
+	queue := userQueue(t, c, ns, "dan")
 
 	ch := rawChannel(t)
 	for _, m := range []amqp.Publishing{
@@ -246,7 +249,7 @@ func TestReceiveCountsOnlyWellFormedCalls(t *testing.T) {
 	}
 	// They are queued before the good call (another connection's publish
 	// could overtake them).
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_queue_dan") == 3 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return queueDepth(t, queue) == 3 }, 5*time.Second, 10*time.Millisecond)
 	var ok bool
 	call := c.Go("Inbox.ShowMessage", To("dan", Message{"dan", "real"}), &ok, nil)
 	n, err := s.ReceiveFromQueue(ctx, "dan", 1)
@@ -255,7 +258,7 @@ func TestReceiveCountsOnlyWellFormedCalls(t *testing.T) {
 	<-call.Done
 	require.NoError(t, call.Error)
 	assert.Equal(t, []string{"real"}, inbox.messages("dan"))
-	assert.Equal(t, 0, queueDepth(t, "rpc_"+ns+"_queue_dan"))
+	assert.Equal(t, 0, queueDepth(t, queue))
 }
 
 // TestReceiveSurvives checks that a receive waiting on its queue takes its
@@ -275,15 +278,10 @@ func TestReceiveSurvives(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ns := testNamespace(t)
-			inbox := new(Inbox)
-			s := startServer(t, ns, newRPCServer(t, inbox))
-			c := dial(t, ns)
+			ns, inbox, s, c := inboxService(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			require.NoError(t, c.CreateRequestQueue(ctx, "erin"))
-			t.Cleanup(func() { _ = c.DeleteRequestQueue(context.Background(), "erin") })
-			queue := "rpc_" + ns + "_queue_erin"
+			queue := userQueue(t, c, ns, "erin")
 
 			received := make(chan int, 1)
 			go func() {

@@ -167,7 +167,6 @@ func TestServeTwice(t *testing.T) {
 // rpc.DefaultServer is used when rcvr is nil.
 func TestDefaultServer(t *testing.T) {
 	ns := testNamespace(t)
-	type Echo struct{ Math }
 	require.NoError(t, rpc.RegisterName("Echo"+ns, new(Math)))
 	startServer(t, ns, nil)
 	c := dial(t, ns)

@@ -35,7 +35,6 @@ type request struct {
 type serverCodec struct {
 	names
 	custom  codec.Codec // accepted besides the built-in codecs
-	fanout  bool        // ignored requests are acked, not put back
 	maxBody int
 	log     *slog.Logger
 	pub     *transport.Publisher
@@ -84,7 +83,6 @@ func newServerCodec(cfg serverCodecConfig) *serverCodec {
 		acker:    cfg.acker,
 		seen:     cfg.seen,
 		limit:    cfg.limit,
-		fanout:   cfg.names.fanout,
 		stopping: make(chan struct{}),
 		decided:  make(chan struct{}, 1),
 		pending:  make(map[uint64]*request),
@@ -313,7 +311,7 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 // each time, and acks the original once the copy is confirmed; after
 // ignoreLimit ignores it answers the caller with an error instead.
 func (c *serverCodec) ignore(req *request) {
-	if c.fanout {
+	if c.names.fanout { // ignored broadcasts are acked, not put back
 		c.settle(req, transport.Acked)
 		return
 	}
