@@ -119,3 +119,40 @@ func TestSlowConnection(t *testing.T) {
 		require.NoError(t, err)
 	}
 }
+
+// Calls made while the client has no connection wait for it up to their
+// deadline: one whose deadline passes fails with DeadlineExceeded and never
+// runs, one with time left completes once the connection is back.
+func TestCallWhileDisconnected(t *testing.T) {
+	ns := testNamespace(t)
+	proxy, viaProxy := faultyLink(t)
+	ledger := new(Ledger)
+	startServer(t, ns, newRPCServer(t, ledger))
+	var logs syncBuffer
+	c, err := Dial(viaProxy, ns, WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, c.Close()) })
+	var reply string
+	require.NoError(t, c.Call("Ledger.Record", "before", &reply))
+
+	proxy.Stop() // the link goes down and stays down: redials are refused
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "connection lost") }, 10*time.Second, 20*time.Millisecond)
+
+	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelShort()
+	require.ErrorIs(t, c.CallContext(short, "Ledger.Record", "too late", &reply), context.DeadlineExceeded)
+
+	long, cancelLong := context.WithTimeout(context.Background(), time.Minute)
+	defer cancelLong()
+	done := make(chan error, 1)
+	go func() { done <- c.CallContext(long, "Ledger.Record", "waited", &reply) }()
+	select {
+	case err := <-done:
+		t.Fatalf("the call returned while disconnected: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	require.NoError(t, proxy.Start())
+	require.NoError(t, <-done)
+	assert.Equal(t, "waited", reply)
+	assert.Equal(t, map[string]int{"before": 1, "waited": 1}, ledger.counts(), "the expired call never ran")
+}
