@@ -60,9 +60,19 @@ func TestMsgPackRawBytes(t *testing.T) {
 		want, err := msgpack.Marshal(b)
 		require.NoError(t, err)
 		assert.Equal(t, want, fast, "n=%d", n)
+		viaPtr, err := codec.MsgPack.Marshal(&b) // how net/rpc hands over a reply
+		require.NoError(t, err)
+		assert.Equal(t, want, viaPtr, "n=%d, *[]byte", n)
 		var out []byte
 		require.NoError(t, codec.MsgPack.Unmarshal(fast, &out))
 		assert.Equal(t, b, out)
+	}
+	for _, v := range []any{[]byte(nil), new([]byte), (*[]byte)(nil)} { // nil slices and pointers encode as nil
+		fast, err := codec.MsgPack.Marshal(v)
+		require.NoError(t, err)
+		want, err := msgpack.Marshal(v)
+		require.NoError(t, err)
+		assert.Equal(t, want, fast, "%#v", v)
 	}
 	var out []byte
 	assert.Error(t, codec.MsgPack.Unmarshal([]byte{0xc4, 0x05, 1, 2}, &out), "a short bin is refused")

@@ -43,7 +43,13 @@ type pooledEncoder struct {
 const maxPooledBuffer = 1 << 20
 
 func (msgPack) Marshal(v any) ([]byte, error) {
-	if b, ok := v.([]byte); ok && b != nil { // the common raw payload: one copy, exact size
+	// The common raw payload, as an argument ([]byte) or a reply (net/rpc
+	// hands replies over as *[]byte): one copy, exact size.
+	b, ok := v.([]byte)
+	if p, isPtr := v.(*[]byte); isPtr && p != nil {
+		b, ok = *p, true
+	}
+	if ok && b != nil {
 		return appendBin(make([]byte, 0, len(b)+5), b), nil
 	}
 	e := encoders.Get().(*pooledEncoder)
