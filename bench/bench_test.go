@@ -27,7 +27,7 @@ func BenchmarkEcho(b *testing.B) {
 		}
 		for _, conc := range []int{1, 16, 64, 256} {
 			for _, size := range []int{16, 1024, 64 << 10} {
-				b.Run(fmt.Sprintf("%s/c=%d/body=%d", shortName(f.Name), conc, size), func(b *testing.B) {
+				b.Run(fmt.Sprintf("%s/c=%d/body=%d", f.Short, conc, size), func(b *testing.B) {
 					benchmark(b, c, conc, size)
 				})
 			}
@@ -36,16 +36,6 @@ func BenchmarkEcho(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-func shortName(name string) string {
-	switch name {
-	case "amqprpc":
-		return "amqprpc"
-	case "net/rpc over TCP (no broker)":
-		return "netrpc"
-	}
-	return "floor"
 }
 
 func benchmark(b *testing.B, c Contender, concurrency, size int) {

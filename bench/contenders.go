@@ -34,16 +34,18 @@ func (Echo) Echo(args []byte, reply *[]byte) error {
 
 // A Factory starts a contender (its server and its client).
 type Factory struct {
-	Name  string
+	Name  string // in the table
+	Short string // in benchmark names; "floor" is what ratios compare to
 	Start func(url string) (Contender, error)
 }
 
 // Contenders returns the contenders of the comparison, in table order.
 func Contenders() []Factory {
 	return []Factory{
-		{"amqprpc", startAmqprpc},
-		{"floor: amqp091-go by hand", startFloor},
-		{"net/rpc over TCP (no broker)", startNetRPC},
+		{"amqprpc", "amqprpc", startAmqprpc},
+		{"floor: amqp091-go by hand", "floor", startFloor},
+		{"floor with the same broker features", "floorlike", startFloorLike},
+		{"net/rpc over TCP (no broker)", "netrpc", startNetRPC},
 	}
 }
 

@@ -15,8 +15,21 @@ import (
 // queue consumer; a server with prefetch 256 that replies on a confirm
 // channel and acks each request once its reply is confirmed. No codec, no
 // framework, no timeouts, no reconnection.
+//
+// With like set it is still hand-written, but asks the broker for what
+// amqprpc asks it for by default: named direct exchanges for requests and
+// replies, a durable request queue, a durable reply queue with x-expires
+// whose replies are acked (every 64) instead of auto-acked, mandatory
+// publishing, the properties amqprpc sets (content type, type, message id,
+// expiration) and separate connections for publishing and consuming. The
+// gap between the two floors is what those features cost the broker and
+// the client library; the gap between this one and amqprpc is amqprpc's
+// own.
 type floor struct {
+	like  bool
 	queue string
+	reqX  string // "" is the default exchange
+	repX  string
 
 	// client
 	cconn   *amqp.Connection
@@ -30,17 +43,33 @@ type floor struct {
 	// server
 	sconn *amqp.Connection
 	done  sync.WaitGroup
+
+	// With like: the connections the client and the server publish on.
+	cpub, spub *amqp.Connection
 }
 
-func startFloor(url string) (Contender, error) {
-	f := &floor{queue: randomName("bench_floor_"), waiting: make(map[string]chan []byte)}
-	var err error
-	if f.sconn, err = amqp.Dial(url); err != nil {
-		return nil, err
+func startFloor(url string) (Contender, error) { return newFloor(url, false) }
+
+func startFloorLike(url string) (Contender, error) { return newFloor(url, true) }
+
+func newFloor(url string, like bool) (Contender, error) {
+	f := &floor{like: like, queue: randomName("bench_floor_"), waiting: make(map[string]chan []byte)}
+	conns := make([]*amqp.Connection, 2, 4)
+	if like {
+		conns = conns[:4]
+		f.reqX, f.repX = f.queue, f.queue+"_response"
 	}
-	if f.cconn, err = amqp.Dial(url); err != nil {
-		_ = f.sconn.Close()
-		return nil, err
+	for i := range conns {
+		c, err := amqp.Dial(url)
+		if err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+		conns[i] = c
+	}
+	f.sconn, f.cconn, f.spub, f.cpub = conns[0], conns[1], conns[0], conns[1]
+	if like {
+		f.spub, f.cpub = conns[2], conns[3]
 	}
 	if err := f.startServer(); err != nil {
 		_ = f.Close()
@@ -58,7 +87,20 @@ func (f *floor) startServer() error {
 	if err != nil {
 		return err
 	}
-	if _, err := in.QueueDeclare(f.queue, false, true, true, false, nil); err != nil { // exclusive
+	if f.like {
+		if err := in.ExchangeDeclare(f.reqX, "direct", false, true, false, false, nil); err != nil {
+			return err
+		}
+		if err := in.ExchangeDeclare(f.repX, "direct", false, true, false, false, nil); err != nil {
+			return err
+		}
+		if _, err := in.QueueDeclare(f.queue, true, false, false, false, nil); err != nil { // durable
+			return err
+		}
+		if err := in.QueueBind(f.queue, f.queue, f.reqX, false, nil); err != nil {
+			return err
+		}
+	} else if _, err := in.QueueDeclare(f.queue, false, true, true, false, nil); err != nil { // exclusive
 		return err
 	}
 	if err := in.Qos(256, 0, false); err != nil {
@@ -68,7 +110,7 @@ func (f *floor) startServer() error {
 	if err != nil {
 		return err
 	}
-	out, err := f.sconn.Channel()
+	out, err := f.spub.Channel()
 	if err != nil {
 		return err
 	}
@@ -100,7 +142,11 @@ func (f *floor) startServer() error {
 		for d := range deliveries {
 			fifoMu.Lock()
 			fifo = append(fifo, d.DeliveryTag)
-			err := out.Publish("", d.ReplyTo, false, false, amqp.Publishing{CorrelationId: d.CorrelationId, Body: d.Body})
+			p := amqp.Publishing{CorrelationId: d.CorrelationId, Body: d.Body}
+			if f.like {
+				p.ContentType, p.Type, p.Expiration = d.ContentType, d.Type, d.Expiration
+			}
+			err := out.Publish(f.repX, d.ReplyTo, false, false, p)
 			if err != nil {
 				fifo = fifo[:len(fifo)-1]
 			}
@@ -115,16 +161,27 @@ func (f *floor) startClient() error {
 	if err != nil {
 		return err
 	}
-	q, err := ch.QueueDeclare("", false, true, true, false, nil) // exclusive, server-named
+	var q amqp.Queue
+	if f.like {
+		q, err = ch.QueueDeclare(f.queue+"_reply", true, false, false, false, amqp.Table{"x-expires": int64(300000)})
+		if err == nil {
+			err = ch.QueueBind(q.Name, q.Name, f.repX, false, nil)
+		}
+		if err == nil {
+			err = ch.Qos(128, 0, false)
+		}
+	} else {
+		q, err = ch.QueueDeclare("", false, true, true, false, nil) // exclusive, server-named
+	}
 	if err != nil {
 		return err
 	}
 	f.replyQ = q.Name
-	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	replies, err := ch.Consume(q.Name, "", !f.like, true, false, false, nil)
 	if err != nil {
 		return err
 	}
-	if f.pubCh, err = f.cconn.Channel(); err != nil {
+	if f.pubCh, err = f.cpub.Channel(); err != nil {
 		return err
 	}
 	if err := f.pubCh.Confirm(false); err != nil {
@@ -139,7 +196,11 @@ func (f *floor) startClient() error {
 	}()
 	go func() {
 		defer f.done.Done()
+		n := 0
 		for d := range replies {
+			if n++; f.like && n%64 == 0 {
+				_ = d.Ack(true)
+			}
 			f.mu.Lock()
 			w := f.waiting[d.CorrelationId]
 			delete(f.waiting, d.CorrelationId)
@@ -159,7 +220,11 @@ func (f *floor) Call(ctx context.Context, body []byte) ([]byte, error) {
 	f.waiting[id] = w
 	f.mu.Unlock()
 	f.pubMu.Lock()
-	err := f.pubCh.Publish("", f.queue, false, false, amqp.Publishing{CorrelationId: id, ReplyTo: f.replyQ, Body: body})
+	p := amqp.Publishing{CorrelationId: id, ReplyTo: f.replyQ, Body: body}
+	if f.like {
+		p.ContentType, p.Type, p.MessageId, p.Expiration = "application/msgpack", "Echo.Echo", id, "30000"
+	}
+	err := f.pubCh.Publish(f.reqX, f.queue, f.like, false, p)
 	f.pubMu.Unlock()
 	if err != nil {
 		return nil, err
@@ -177,8 +242,15 @@ func (f *floor) Call(ctx context.Context, body []byte) ([]byte, error) {
 
 func (f *floor) Close() error {
 	var errs []error
-	for _, c := range []*amqp.Connection{f.cconn, f.sconn} {
-		if c != nil {
+	if f.like && f.sconn != nil {
+		if ch, err := f.sconn.Channel(); err == nil {
+			_, err1 := ch.QueueDelete(f.queue, false, false, false)
+			_, err2 := ch.QueueDelete(f.queue+"_reply", false, false, false)
+			errs = append(errs, err1, err2)
+		}
+	}
+	for _, c := range []*amqp.Connection{f.cconn, f.sconn, f.cpub, f.spub} {
+		if c != nil && !c.IsClosed() {
 			if err := c.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 				errs = append(errs, err)
 			}

@@ -13,14 +13,17 @@ import (
 
 // Result is one contender's measurement at one concurrency and body size.
 type Result struct {
-	Contender     string
-	Concurrency   int
-	BodySize      int
-	Calls         int
-	Duration      time.Duration
-	P50, P99      time.Duration
-	CPUPerCall    time.Duration // user+sys time of this process per call
-	AllocsPerCall float64       // heap allocations of this process per call
+	Contender   string
+	Concurrency int
+	BodySize    int
+	Calls       int
+	Duration    time.Duration
+	P50, P99    time.Duration
+	CPUPerCall  time.Duration // user+sys time of this process per call
+	// BrokerCPUPerCall is the broker's user+sys time per call, when the
+	// broker runs on this machine (see BrokerPID); -1 otherwise.
+	BrokerCPUPerCall time.Duration
+	AllocsPerCall    float64 // heap allocations of this process per call
 }
 
 // CallsPerSecond is the throughput.
@@ -37,26 +40,32 @@ func Run(c Contender, name string, concurrency, bodySize int, warmup, d time.Dur
 	runtime.GC()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
-	cpu0 := cpuTime()
+	pid := brokerPID()
+	cpu0, bcpu0 := cpuTime(), ProcessCPU(pid)
 	start := time.Now()
 	lat, calls, err := drive(c, body, concurrency, d)
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu, bcpu1 := cpuTime()-cpu0, ProcessCPU(pid)
 	runtime.ReadMemStats(&ms1)
 	if err != nil {
 		return Result{}, err
 	}
 	slices.Sort(lat)
+	bcpu := time.Duration(-1)
+	if pid > 0 && bcpu0 >= 0 && bcpu1 >= 0 {
+		bcpu = (bcpu1 - bcpu0) / time.Duration(calls)
+	}
 	return Result{
-		Contender:     name,
-		Concurrency:   concurrency,
-		BodySize:      bodySize,
-		Calls:         calls,
-		Duration:      elapsed,
-		P50:           lat[len(lat)/2],
-		P99:           lat[len(lat)*99/100],
-		CPUPerCall:    cpu / time.Duration(calls),
-		AllocsPerCall: float64(ms1.Mallocs-ms0.Mallocs) / float64(calls),
+		Contender:        name,
+		Concurrency:      concurrency,
+		BodySize:         bodySize,
+		Calls:            calls,
+		Duration:         elapsed,
+		P50:              lat[len(lat)/2],
+		P99:              lat[len(lat)*99/100],
+		CPUPerCall:       cpu / time.Duration(calls),
+		BrokerCPUPerCall: bcpu,
+		AllocsPerCall:    float64(ms1.Mallocs-ms0.Mallocs) / float64(calls),
 	}, nil
 }
 
@@ -98,6 +107,8 @@ func drive(c Contender, body []byte, concurrency int, d time.Duration) ([]time.D
 	}
 	return all, len(all), nil
 }
+
+var brokerPID = sync.OnceValue(BrokerPID)
 
 func cpuTime() time.Duration {
 	var ru syscall.Rusage

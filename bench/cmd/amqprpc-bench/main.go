@@ -43,8 +43,8 @@ func main() {
 	}
 
 	type started struct {
-		name string
-		c    bench.Contender
+		name, short string
+		c           bench.Contender
 	}
 	var contenders []started
 	for _, f := range bench.Contenders() {
@@ -56,13 +56,13 @@ func main() {
 			log.Fatalf("%s: %v", f.Name, err)
 		}
 		defer c.Close()
-		contenders = append(contenders, started{f.Name, c})
+		contenders = append(contenders, started{f.Name, f.Short, c})
 	}
 
 	fmt.Printf("amqprpc-bench: %d round(s) of %v per point, warmup %v, GOMAXPROCS-bound process sharing the machine with the broker\n\n",
 		*rounds, *duration, *warmup)
-	fmt.Println("| body | callers | contender | calls/s | × floor | p50 | p99 | CPU/call | allocs/call |")
-	fmt.Println("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| body | callers | contender | calls/s | × floor | p50 | p99 | CPU/call | broker CPU/call | allocs/call |")
+	fmt.Println("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 	var summary []string
 	for _, size := range ints(*sizes) {
 		for _, conc := range ints(*concs) {
@@ -76,28 +76,42 @@ func main() {
 					sums[i] = add(sums[i], r)
 				}
 			}
-			var floor bench.Result
+			var floor, like bench.Result
 			for i := range sums {
 				sums[i] = div(sums[i], *rounds)
-				if strings.HasPrefix(sums[i].Contender, "floor") {
+				switch contenders[i].short {
+				case "floor":
 					floor = sums[i]
+				case "floorlike":
+					like = sums[i]
 				}
+			}
+			// vsLike says how amqprpc compares with the hand-written code
+			// that asks the broker for the same features.
+			vsLike := func(r bench.Result, latency bool) string {
+				switch {
+				case like.Calls == 0:
+					return ""
+				case latency:
+					return fmt.Sprintf("; %.2f× the floor with the same broker features", float64(r.P50)/float64(like.P50))
+				}
+				return fmt.Sprintf("; %.2f× the floor with the same broker features", r.CallsPerSecond()/like.CallsPerSecond())
 			}
 			for _, r := range sums {
 				ratio := "—"
 				if floor.Calls > 0 {
 					ratio = fmt.Sprintf("%.2f", r.CallsPerSecond()/floor.CallsPerSecond())
 				}
-				fmt.Printf("| %s | %d | %s | %.0f | %s | %s | %s | %s | %.0f |\n", bytesize(size), conc, r.Contender,
-					r.CallsPerSecond(), ratio, ms(r.P50), ms(r.P99), us(r.CPUPerCall), r.AllocsPerCall)
+				fmt.Printf("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %.0f |\n", bytesize(size), conc, r.Contender,
+					r.CallsPerSecond(), ratio, ms(r.P50), ms(r.P99), us(r.CPUPerCall), brokerUs(r.BrokerCPUPerCall), r.AllocsPerCall)
 				if r.Contender == "amqprpc" && floor.Calls > 0 {
 					switch {
 					case conc == 64 && size <= 1024:
-						summary = append(summary, fmt.Sprintf("- 64 callers, %s: throughput %.2f× the floor (target ≥ 0.90)", bytesize(size), r.CallsPerSecond()/floor.CallsPerSecond()))
+						summary = append(summary, fmt.Sprintf("- 64 callers, %s: throughput %.2f× the floor (target ≥ 0.90)%s", bytesize(size), r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
 					case conc == 1 && size == 16:
-						summary = append(summary, fmt.Sprintf("- 1 caller, 16 B: p50 %.2f× the floor's (target ≤ 1.10)", float64(r.P50)/float64(floor.P50)))
+						summary = append(summary, fmt.Sprintf("- 1 caller, 16 B: p50 %.2f× the floor's (target ≤ 1.10)%s", float64(r.P50)/float64(floor.P50), vsLike(r, true)))
 					case size == 64<<10 && conc == 64:
-						summary = append(summary, fmt.Sprintf("- 64 callers, 64 KiB: throughput %.2f× the floor (target ≥ 0.90)", r.CallsPerSecond()/floor.CallsPerSecond()))
+						summary = append(summary, fmt.Sprintf("- 64 callers, 64 KiB: throughput %.2f× the floor (target ≥ 0.90)%s", r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
 					}
 				}
 			}
@@ -116,6 +130,11 @@ func add(a, b bench.Result) bench.Result {
 	a.P50 += b.P50
 	a.P99 += b.P99
 	a.CPUPerCall += b.CPUPerCall
+	if a.BrokerCPUPerCall < 0 || b.BrokerCPUPerCall < 0 {
+		a.BrokerCPUPerCall = -1
+	} else {
+		a.BrokerCPUPerCall += b.BrokerCPUPerCall
+	}
 	a.AllocsPerCall += b.AllocsPerCall
 	return a
 }
@@ -126,6 +145,9 @@ func div(r bench.Result, n int) bench.Result {
 	r.P50 /= time.Duration(n)
 	r.P99 /= time.Duration(n)
 	r.CPUPerCall /= time.Duration(n)
+	if r.BrokerCPUPerCall > 0 {
+		r.BrokerCPUPerCall /= time.Duration(n)
+	}
 	r.AllocsPerCall /= float64(n)
 	return r
 }
@@ -151,6 +173,15 @@ func bytesize(n int) string {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanoseconds())/1000) }
+
+// brokerUs prints the broker's CPU per call, or a dash when the broker is
+// not on this machine.
+func brokerUs(d time.Duration) string {
+	if d < 0 {
+		return "—"
+	}
+	return us(d)
+}
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
