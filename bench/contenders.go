@@ -14,6 +14,7 @@ import (
 	"net/rpc"
 
 	"github.com/amqprpc/amqprpc"
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // Contender is one way of making an echo call.
@@ -57,9 +58,10 @@ func randomName(prefix string) string {
 
 // amqprpcContender is amqprpc with default settings.
 type amqprpcContender struct {
-	client *amqprpc.Client
-	server *amqprpc.Server
-	served chan error
+	url, ns string
+	client  *amqprpc.Client
+	server  *amqprpc.Server
+	served  chan error
 }
 
 func startAmqprpc(url string) (Contender, error) {
@@ -72,7 +74,7 @@ func startAmqprpc(url string) (Contender, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &amqprpcContender{server: server, served: make(chan error, 1)}
+	c := &amqprpcContender{url: url, ns: ns, server: server, served: make(chan error, 1)}
 	go func() { c.served <- server.Serve(context.Background()) }()
 	if c.client, err = amqprpc.Dial(url, ns); err != nil {
 		_ = server.Close()
@@ -87,9 +89,25 @@ func (c *amqprpcContender) Call(ctx context.Context, body []byte) ([]byte, error
 	return reply, err
 }
 
+// Close stops the client and the server and deletes the namespace's
+// durable request queue and exchanges, which amqprpc leaves for the next
+// server; the client's reply queue goes by itself (x-expires).
 func (c *amqprpcContender) Close() error {
 	err := errors.Join(c.client.Close(), c.server.Close(), <-c.served)
-	return err
+	conn, derr := amqp.Dial(c.url)
+	if derr != nil {
+		return errors.Join(err, derr)
+	}
+	defer conn.Close()
+	ch, derr := conn.Channel()
+	if derr != nil {
+		return errors.Join(err, derr)
+	}
+	prefix := "rpc_" + c.ns
+	_, derr = ch.QueueDelete(prefix+"_request", false, false, false)
+	return errors.Join(err, derr,
+		ch.ExchangeDelete(prefix+"_request", false, false),
+		ch.ExchangeDelete(prefix+"_response", false, false))
 }
 
 // netRPC is net/rpc with its gob codec over a loopback TCP connection.

@@ -3,12 +3,65 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
+
+// Feature is one thing amqprpc asks of the broker that the minimal floor
+// does not: the floor can ask for it too, to measure what it costs.
+type Feature uint
+
+// The broker features of amqprpc's default settings.
+const (
+	// SplitConnections: publishing and consuming on separate connections
+	// (issue 5: a blocked publisher must not stop deliveries).
+	SplitConnections Feature = 1 << iota
+	// NamedExchanges: requests and replies routed through named direct
+	// exchanges, not the default exchange (the topology of issue 2).
+	NamedExchanges
+	// DurableQueues: a durable request queue and a durable reply queue with
+	// x-expires, where the floor has exclusive ones.
+	DurableQueues
+	// Mandatory: requests published mandatory (ErrNoRoute, issue 3).
+	Mandatory
+	// Expiration: the deadline as each message's expiration (issue 2).
+	Expiration
+	// AckedReplies: replies consumed with acks (every 64) instead of
+	// auto-ack, so none is lost with a connection (issue 5).
+	AckedReplies
+	// Properties: content type, type and message id.
+	Properties
+
+	// AllFeatures is what amqprpc asks the broker for by default.
+	AllFeatures = SplitConnections | NamedExchanges | DurableQueues | Mandatory | Expiration | AckedReplies | Properties
+)
+
+var featureNames = []string{"split-connections", "named-exchanges", "durable-queues", "mandatory", "expiration", "acked-replies", "properties"}
+
+func (f Feature) String() string {
+	var names []string
+	for i, n := range featureNames {
+		if f&(1<<i) != 0 {
+			names = append(names, n)
+		}
+	}
+	return strings.Join(names, "+")
+}
+
+// ParseFeature returns the feature called name (as String prints it).
+func ParseFeature(name string) (Feature, error) {
+	for i, n := range featureNames {
+		if n == name {
+			return 1 << i, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown feature %q (one of %s)", name, strings.Join(featureNames, ", "))
+}
 
 // floor is the minimal hand-written amqp091-go request/reply the issue
 // describes: one client connection with a confirm channel and one reply
@@ -16,17 +69,12 @@ import (
 // channel and acks each request once its reply is confirmed. No codec, no
 // framework, no timeouts, no reconnection.
 //
-// With like set it is still hand-written, but asks the broker for what
-// amqprpc asks it for by default: named direct exchanges for requests and
-// replies, a durable request queue, a durable reply queue with x-expires
-// whose replies are acked (every 64) instead of auto-acked, mandatory
-// publishing, the properties amqprpc sets (content type, type, message id,
-// expiration) and separate connections for publishing and consuming. The
-// gap between the two floors is what those features cost the broker and
-// the client library; the gap between this one and amqprpc is amqprpc's
-// own.
+// With features it is still hand-written, but asks the broker for some of
+// what amqprpc asks it for. With AllFeatures, the gap between it and the
+// plain floor is what those features cost the broker and the client
+// library; the gap between it and amqprpc is amqprpc's own.
 type floor struct {
-	like  bool
+	has   Feature
 	queue string
 	reqX  string // "" is the default exchange
 	repX  string
@@ -44,19 +92,23 @@ type floor struct {
 	sconn *amqp.Connection
 	done  sync.WaitGroup
 
-	// With like: the connections the client and the server publish on.
+	// The connections the client and the server publish on: their
+	// consuming ones, unless SplitConnections.
 	cpub, spub *amqp.Connection
 }
 
-func startFloor(url string) (Contender, error) { return newFloor(url, false) }
+func startFloor(url string) (Contender, error) { return StartFloor(url, 0) }
 
-func startFloorLike(url string) (Contender, error) { return newFloor(url, true) }
+func startFloorLike(url string) (Contender, error) { return StartFloor(url, AllFeatures) }
 
-func newFloor(url string, like bool) (Contender, error) {
-	f := &floor{like: like, queue: randomName("bench_floor_"), waiting: make(map[string]chan []byte)}
+// StartFloor starts the hand-written floor, asking the broker for features.
+func StartFloor(url string, features Feature) (Contender, error) {
+	f := &floor{has: features, queue: randomName("bench_floor_"), waiting: make(map[string]chan []byte)}
 	conns := make([]*amqp.Connection, 2, 4)
-	if like {
+	if f.has&SplitConnections != 0 {
 		conns = conns[:4]
+	}
+	if f.has&NamedExchanges != 0 {
 		f.reqX, f.repX = f.queue, f.queue+"_response"
 	}
 	for i := range conns {
@@ -68,7 +120,7 @@ func newFloor(url string, like bool) (Contender, error) {
 		conns[i] = c
 	}
 	f.sconn, f.cconn, f.spub, f.cpub = conns[0], conns[1], conns[0], conns[1]
-	if like {
+	if len(conns) == 4 {
 		f.spub, f.cpub = conns[2], conns[3]
 	}
 	if err := f.startServer(); err != nil {
@@ -87,21 +139,20 @@ func (f *floor) startServer() error {
 	if err != nil {
 		return err
 	}
-	if f.like {
+	durable := f.has&DurableQueues != 0
+	if _, err := in.QueueDeclare(f.queue, durable, !durable, !durable, false, nil); err != nil { // else exclusive
+		return err
+	}
+	if f.reqX != "" {
 		if err := in.ExchangeDeclare(f.reqX, "direct", false, true, false, false, nil); err != nil {
 			return err
 		}
 		if err := in.ExchangeDeclare(f.repX, "direct", false, true, false, false, nil); err != nil {
 			return err
 		}
-		if _, err := in.QueueDeclare(f.queue, true, false, false, false, nil); err != nil { // durable
-			return err
-		}
 		if err := in.QueueBind(f.queue, f.queue, f.reqX, false, nil); err != nil {
 			return err
 		}
-	} else if _, err := in.QueueDeclare(f.queue, false, true, true, false, nil); err != nil { // exclusive
-		return err
 	}
 	if err := in.Qos(256, 0, false); err != nil {
 		return err
@@ -143,8 +194,11 @@ func (f *floor) startServer() error {
 			fifoMu.Lock()
 			fifo = append(fifo, d.DeliveryTag)
 			p := amqp.Publishing{CorrelationId: d.CorrelationId, Body: d.Body}
-			if f.like {
-				p.ContentType, p.Type, p.Expiration = d.ContentType, d.Type, d.Expiration
+			if f.has&Properties != 0 {
+				p.ContentType, p.Type = d.ContentType, d.Type
+			}
+			if f.has&Expiration != 0 {
+				p.Expiration = d.Expiration
 			}
 			err := out.Publish(f.repX, d.ReplyTo, false, false, p)
 			if err != nil {
@@ -162,22 +216,23 @@ func (f *floor) startClient() error {
 		return err
 	}
 	var q amqp.Queue
-	if f.like {
+	if f.has&DurableQueues != 0 {
 		q, err = ch.QueueDeclare(f.queue+"_reply", true, false, false, false, amqp.Table{"x-expires": int64(300000)})
-		if err == nil {
-			err = ch.QueueBind(q.Name, q.Name, f.repX, false, nil)
-		}
-		if err == nil {
-			err = ch.Qos(128, 0, false)
-		}
 	} else {
 		q, err = ch.QueueDeclare("", false, true, true, false, nil) // exclusive, server-named
+	}
+	if err == nil && f.repX != "" {
+		err = ch.QueueBind(q.Name, q.Name, f.repX, false, nil)
+	}
+	acked := f.has&AckedReplies != 0
+	if err == nil && acked {
+		err = ch.Qos(128, 0, false)
 	}
 	if err != nil {
 		return err
 	}
 	f.replyQ = q.Name
-	replies, err := ch.Consume(q.Name, "", !f.like, true, false, false, nil)
+	replies, err := ch.Consume(q.Name, "", !acked, true, false, false, nil)
 	if err != nil {
 		return err
 	}
@@ -198,7 +253,7 @@ func (f *floor) startClient() error {
 		defer f.done.Done()
 		n := 0
 		for d := range replies {
-			if n++; f.like && n%64 == 0 {
+			if n++; acked && n%64 == 0 {
 				_ = d.Ack(true)
 			}
 			f.mu.Lock()
@@ -221,10 +276,13 @@ func (f *floor) Call(ctx context.Context, body []byte) ([]byte, error) {
 	f.mu.Unlock()
 	f.pubMu.Lock()
 	p := amqp.Publishing{CorrelationId: id, ReplyTo: f.replyQ, Body: body}
-	if f.like {
-		p.ContentType, p.Type, p.MessageId, p.Expiration = "application/msgpack", "Echo.Echo", id, "30000"
+	if f.has&Properties != 0 {
+		p.ContentType, p.Type, p.MessageId = "application/msgpack", "Echo.Echo", id
 	}
-	err := f.pubCh.Publish(f.reqX, f.queue, f.like, false, p)
+	if f.has&Expiration != 0 {
+		p.Expiration = "30000"
+	}
+	err := f.pubCh.Publish(f.reqX, f.queue, f.has&Mandatory != 0, false, p)
 	f.pubMu.Unlock()
 	if err != nil {
 		return nil, err
@@ -242,7 +300,7 @@ func (f *floor) Call(ctx context.Context, body []byte) ([]byte, error) {
 
 func (f *floor) Close() error {
 	var errs []error
-	if f.like && f.sconn != nil {
+	if f.has&DurableQueues != 0 && f.sconn != nil {
 		if ch, err := f.sconn.Channel(); err == nil {
 			_, err1 := ch.QueueDelete(f.queue, false, false, false)
 			_, err2 := ch.QueueDelete(f.queue+"_reply", false, false, false)

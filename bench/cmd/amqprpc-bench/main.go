@@ -29,6 +29,7 @@ func main() {
 	sizes := flag.String("body", "16,1024,65536", "body sizes in bytes")
 	only := flag.String("only", "", "run only contenders whose name contains this")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	without := flag.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+bench.AllFeatures.String()+", or all)")
 	flag.Parse()
 
 	if *cpuprofile != "" {
@@ -47,7 +48,25 @@ func main() {
 		c           bench.Contender
 	}
 	var contenders []started
-	for _, f := range bench.Contenders() {
+	factories := bench.Contenders()
+	if *without != "" {
+		names := strings.Split(*without, ",")
+		if *without == "all" {
+			names = strings.Split(bench.AllFeatures.String(), "+")
+		}
+		for _, name := range names {
+			feature, err := bench.ParseFeature(strings.TrimSpace(name))
+			if err != nil {
+				log.Fatal(err)
+			}
+			factories = append(factories, bench.Factory{
+				Name:  "floor with the same broker features, without " + feature.String(),
+				Short: "floor-" + feature.String(),
+				Start: func(url string) (bench.Contender, error) { return bench.StartFloor(url, bench.AllFeatures&^feature) },
+			})
+		}
+	}
+	for _, f := range factories {
 		if *only != "" && !strings.Contains(f.Name, *only) {
 			continue
 		}
