@@ -1,7 +1,8 @@
 # make test  — bring up a broker and run the whole suite with -race, vet and gofmt.
 # make demo  — bring up a broker and run the tutorial: two servers and a client.
 # make bench — bring up a broker and print the comparison table (amqprpc vs
-#              hand-written amqp091-go vs net/rpc over TCP); BENCHFLAGS adds flags.
+#              hand-written amqp091-go, plain and with amqprpc's broker
+#              features, vs net/rpc over TCP); BENCHFLAGS adds flags.
 # make fuzz  — run each codec fuzzer for FUZZTIME (default 50000x; make test runs it).
 # make broker — only make sure a broker answers at $(AMQP_URL).
 

@@ -1,10 +1,13 @@
 // Command amqprpc-bench compares amqprpc with a hand-written amqp091-go
-// request/reply (the floor) and with net/rpc over loopback TCP, in one run
-// against one broker, and prints a Markdown table. Contenders take turns
-// (A B C A B C …) at every concurrency and body size, so that drift of the
-// machine or the broker hits them alike; ratios in one run are what counts.
+// request/reply (the floor), with the same hand-written code asking the
+// broker for what amqprpc asks of it, and with net/rpc over loopback TCP,
+// in one run against one broker, and prints a Markdown table. Contenders
+// take turns (A B C D A B C D …) at every concurrency and body size, so that
+// drift of the machine or the broker hits them alike; ratios in one run are
+// what counts.
 //
 //	go run ./bench/cmd/amqprpc-bench -duration 2s
+//	go run ./bench/cmd/amqprpc-bench -only floor -without all -c 64  # what each broker feature costs
 package main
 
 import (
