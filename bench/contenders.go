@@ -1,6 +1,7 @@
 // Package bench measures amqprpc against the alternatives a user has: the
 // best hand-written amqp091-go request/reply over the same broker (the
-// floor), and net/rpc over loopback TCP without a broker (the ceiling of
+// floor), the same code asking the broker for what amqprpc asks of it (see
+// Feature), and net/rpc over loopback TCP without a broker (the ceiling of
 // net/rpc itself). Every contender serves the same echo call in this
 // process, so CPU and allocations per call cover both sides.
 package bench
