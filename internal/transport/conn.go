@@ -200,7 +200,7 @@ func (c *Conn) Cork() (uncork func()) {
 		return func() {}
 	}
 	cc.cork()
-	return cc.uncork
+	return cc.uncorkFn
 }
 
 // closeTimeout bounds how long closing a connection waits for the broker.

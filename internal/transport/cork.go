@@ -16,12 +16,19 @@ import (
 // that ending the context later does not cut a live connection.
 type corkConn struct {
 	net.Conn
-	stop func() bool
+	stop     func() bool
+	uncorkFn func() // uncork as a func value, made once: Cork returns it for every batch
 
 	mu sync.Mutex
 	// protects corked, buf and the writes to Conn
 	corked int
 	buf    []byte
+}
+
+func newCorkConn(conn net.Conn, stop func() bool) *corkConn {
+	c := &corkConn{Conn: conn, stop: stop}
+	c.uncorkFn = c.uncork
+	return c
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {

@@ -54,7 +54,7 @@ func dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, *co
 			// until then ctx can cut the handshake short too.
 			_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
 			stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-			cc = &corkConn{Conn: c, stop: stop}
+			cc = newCorkConn(c, stop)
 			return cc, nil
 		},
 	})
