@@ -26,7 +26,8 @@ var (
 	// a request (return it as is: net/rpc passes only its text). A fanout
 	// server then sends no reply and acks the request. A direct server puts
 	// the request back for another server to take, a little later each time;
-	// after ten tries the caller gets an error saying that no server took it.
+	// after ten tries the caller gets an error saying that no server took it,
+	// and if its queue is gone by then, an error matching ErrNoRoute.
 	ErrIgnoreRequest = errors.New("amqprpc: request ignored")
 	// ErrRefused means the broker refused to take a request (a negative
 	// publisher confirm); the call was not run.

@@ -59,3 +59,45 @@ func TestRequestIgnoredByEveryServer(t *testing.T) {
 	assert.Equal(t, int32(ignoreLimit), p.seen.Load())
 	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
 }
+
+// Leaver deletes the queue a request came from, then ignores the request.
+type Leaver struct{ leave func() }
+
+func (l *Leaver) Take(arg string, reply *string) error {
+	l.leave()
+	return ErrIgnoreRequest
+}
+
+// An ignored request whose queue is gone by the time it is put back fails
+// at once with ErrNoRoute, instead of vanishing until the caller's deadline.
+func TestIgnoredRequestWhoseQueueIsGone(t *testing.T) {
+	ns := testNamespace(t)
+	l := new(Leaver)
+	s := startServer(t, ns, newRPCServer(t, l, &Picky{name: "yes", willing: true}))
+	c := dial(t, ns)
+	queue := userQueue(t, c, ns, "carol")
+	l.leave = func() {
+		_, err := rawChannel(t).QueueDelete(queue, false, false, false)
+		assert.NoError(t, err)
+	}
+	receiving, stop := context.WithCancel(context.Background())
+	received := make(chan struct{})
+	go func() {
+		defer close(received)
+		_, _ = s.ReceiveFromQueue(receiving, "carol", 1)
+	}()
+	t.Cleanup(func() { stop(); <-received })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	start := time.Now()
+	var reply string
+	err := c.CallContext(ctx, "Leaver.Take", To("carol", "x"), &reply)
+	require.ErrorIs(t, err, ErrNoRoute)
+	assert.Contains(t, err.Error(), `"carol"`)
+	assert.Less(t, time.Since(start), 5*time.Second)
+
+	// The server is none the worse for it.
+	require.NoError(t, c.CallContext(ctx, "Picky.Take", "x", &reply))
+	assert.Equal(t, "yes", reply)
+}

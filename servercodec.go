@@ -309,7 +309,8 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 // fanout server acks it without reply. A direct server puts a copy back
 // where it came from, counting the ignores in a header and waiting longer
 // each time, and acks the original once the copy is confirmed; after
-// ignoreLimit ignores it answers the caller with an error instead.
+// ignoreLimit ignores, or if the copy finds no queue, it answers the caller
+// with an error instead.
 func (c *serverCodec) ignore(req *request) {
 	if c.names.fanout { // ignored broadcasts are acked, not put back
 		c.settle(req, transport.Acked)
@@ -335,8 +336,16 @@ func (c *serverCodec) ignore(req *request) {
 		MessageId: d.MessageId, Timestamp: d.Timestamp, Type: d.Type, Body: d.Body,
 	}
 	time.AfterFunc(ignoreDelay(int(n)), func() {
-		err := c.pub.Publish(transport.Message{Exchange: d.Exchange, Key: d.RoutingKey, Deadline: req.deadline, Publishing: again},
-			func(o transport.Outcome) { c.settle(req, o) })
+		// Mandatory: if the queue went away meanwhile, the caller hears
+		// so now rather than at its deadline.
+		err := c.pub.Publish(transport.Message{Exchange: d.Exchange, Key: d.RoutingKey, Mandatory: true, Deadline: req.deadline, Publishing: again},
+			func(o transport.Outcome) {
+				if o == transport.Returned {
+					_ = c.publishReply(req, (&noRouteError{key: d.RoutingKey}).Error(), nil)
+					return
+				}
+				c.settle(req, o)
+			})
 		if err != nil {
 			c.settle(req, transport.Abandoned)
 		}
