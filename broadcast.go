@@ -103,7 +103,7 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 		case transport.Nacked:
 			g.add(amqp.Delivery{}, ErrRefused)
 		case transport.Returned: // a fanout exchange without any server queue
-			g.add(amqp.Delivery{}, &noRouteError{})
+			g.add(amqp.Delivery{}, &noRouteError{fanout: cc.requestExchange})
 		}
 	})
 	if err != nil {

@@ -63,12 +63,21 @@ func (r *routes) route(serviceMethod string, args any) (key string, inner any) {
 }
 
 // noRouteError is a call's error when the broker had no queue for its
-// routing key. It matches ErrNoRoute.
-type noRouteError struct{ key string }
+// routing key, or (fanout set) no queue bound to the fanout exchange at
+// all. It matches ErrNoRoute.
+type noRouteError struct {
+	key    string
+	fanout string // the fanout exchange, for a broadcast
+}
 
 const noRoutePrefix = "amqprpc: no queue bound for routing key "
 
-func (e *noRouteError) Error() string     { return noRoutePrefix + strconv.Quote(e.key) }
+func (e *noRouteError) Error() string {
+	if e.fanout != "" {
+		return "amqprpc: no server listens on fanout exchange " + strconv.Quote(e.fanout)
+	}
+	return noRoutePrefix + strconv.Quote(e.key)
+}
 func (e *noRouteError) Is(err error) bool { return err == ErrNoRoute }
 
 // parseNoRoute turns the text of a noRouteError back into one.

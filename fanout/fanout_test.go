@@ -158,6 +158,7 @@ func TestCallAllWithoutServers(t *testing.T) {
 	defer cancel()
 	_, err := c.CallAll(ctx, "Node.Ping", "x", newString, 1)
 	require.ErrorIs(t, err, amqprpc.ErrNoRoute)
+	assert.EqualError(t, err, `amqprpc: no server listens on fanout exchange "rpc_`+ns+`_request"`)
 	assert.NoError(t, ctx.Err())
 }
 
