@@ -109,9 +109,7 @@ func (c *Conn) watch(conn *amqp.Connection) {
 		case reason = <-closed:
 		case <-c.done:
 			if c.redial {
-				// A broker that blocks this connection (memory alarm) stops
-				// reading it: don't wait for its close-ok forever.
-				_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+				c.closeBounded(conn)
 			}
 			return
 		}
@@ -205,6 +203,33 @@ func (c *Conn) Cork() (uncork func()) {
 
 // closeTimeout bounds how long closing a connection waits for the broker.
 const closeTimeout = 5 * time.Second
+
+// closeBounded closes conn, waiting at most closeTimeout for the broker's
+// close-ok. A broker that blocks the connection (memory alarm) stops reading
+// it, and amqp091-go's own deadline does not hold: its heartbeater moves
+// the read deadline on. Past closeTimeout the network connection is cut,
+// which ends the wait at once.
+func (c *Conn) closeBounded(conn *amqp.Connection) {
+	closed := make(chan struct{})
+	go func() {
+		_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+		close(closed)
+	}()
+	t := time.NewTimer(closeTimeout)
+	defer t.Stop()
+	select {
+	case <-closed:
+		return
+	case <-t.C:
+	}
+	c.mu.Lock()
+	cork := c.cork
+	c.mu.Unlock()
+	if cork != nil {
+		_ = cork.Close()
+	}
+	<-closed
+}
 
 // Close stops reconnecting (interrupting a dial in progress), closes the
 // connection (unless it was wrapped) and waits for the Conn's goroutine. It
