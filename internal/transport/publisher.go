@@ -39,8 +39,10 @@ type Confirmed func(Outcome)
 // Message is one publishing with its destination.
 type Message struct {
 	Exchange, Key string
-	// Mandatory messages that no queue takes come back as Returned. They
-	// must carry a MessageId unique among the publisher's unconfirmed ones.
+	// Mandatory messages that no queue takes come back as Returned. A
+	// return is matched to its message by reply_to, correlation_id and
+	// message_id: mandatory messages in flight at once must differ in one
+	// of them, or be copies of one message (which may then swap outcomes).
 	Mandatory bool
 	// Deadline, if set, is when the message stops being worth sending: a
 	// message still waiting then is dropped (Expired), and the Expiration
@@ -232,7 +234,8 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			unconfirmed = append(unconfirmed, sent[t])
 		}
 	}()
-	var returned map[string]bool
+	// Returns not yet matched to a confirm.
+	var returned map[returnKey]int
 	p.select1() // send what was queued before l was up
 	wake, stopping, returns := p.wake, p.ctx.Done(), l.returns
 	var chClosed chan struct{} // closed once Close's channel.close is done
@@ -254,18 +257,23 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 					break drain
 				}
 				if returned == nil {
-					returned = make(map[string]bool)
+					returned = make(map[returnKey]int)
 				}
-				returned[r.MessageId] = true
+				returned[returnKey{r.ReplyTo, r.CorrelationId, r.MessageId}]++
 			default:
 				break drain
 			}
 		}
 		e := sent[c.DeliveryTag]
 		delete(sent, c.DeliveryTag)
-		wasReturned := e != nil && e.Mandatory && returned[e.MessageId]
-		if wasReturned {
-			delete(returned, e.MessageId)
+		var wasReturned bool
+		if e != nil && e.Mandatory && len(returned) > 0 {
+			k := returnKey{e.ReplyTo, e.CorrelationId, e.MessageId}
+			if wasReturned = returned[k] > 0; wasReturned {
+				if returned[k]--; returned[k] == 0 {
+					delete(returned, k)
+				}
+			}
 		}
 		if wake == nil && stopping != nil && !l.ch.IsClosed() && len(sent) < maxInFlight {
 			wake = p.wake
@@ -348,6 +356,9 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 		}
 	}
 }
+
+// returnKey tells mandatory messages apart among the returns.
+type returnKey struct{ replyTo, correlationID, messageID string }
 
 // maxInFlight bounds the messages sent and not yet confirmed on a channel.
 // It keeps amqp091-go's confirm bookkeeping small (its multiple-ack handling
