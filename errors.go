@@ -16,7 +16,10 @@ var (
 	ErrServing = errors.New("amqprpc: server already serving")
 	// ErrNoRoute means no queue was bound for a call's routing key (see To
 	// and Client.Tune): the broker dropped the request, and the call failed
-	// at once. The error's text names the key.
+	// at once. The error's text names the key (for a broadcast with no
+	// server at all, the fanout exchange). A request that servers ignored
+	// (ErrIgnoreRequest) and whose queue then went away ends with it too:
+	// its handler may have run before it was ignored.
 	ErrNoRoute = errors.New("amqprpc: no queue bound for the routing key")
 	// ErrNamespaceConflict means a namespace is already used with the other
 	// kind of request exchange: a direct (Dial, NewServer) and a fanout
@@ -26,8 +29,9 @@ var (
 	// a request (return it as is: net/rpc passes only its text). A fanout
 	// server then sends no reply and acks the request. A direct server puts
 	// the request back for another server to take, a little later each time;
-	// after ten tries the caller gets an error saying that no server took it,
-	// and if its queue is gone by then, an error matching ErrNoRoute.
+	// after ten tries the caller gets an error saying that no server took
+	// it. If the queue is gone when the request is put back, the caller
+	// gets an error matching ErrNoRoute at once.
 	ErrIgnoreRequest = errors.New("amqprpc: request ignored")
 	// ErrRefused means the broker refused to take a request (a negative
 	// publisher confirm); the call was not run.
