@@ -13,10 +13,11 @@ import (
 // every Linux architecture Go supports.
 const clockTicks = 100
 
-// BrokerPID finds a RabbitMQ broker running on this machine (its Erlang VM,
+// BrokerPID finds a RabbitMQ node running on this machine (its Erlang VM,
 // beam.smp) and returns its process id, or 0 when there is none or /proc
 // cannot be read: the broker may be remote, and then its CPU is not
-// measured.
+// measured. It does not check that the benchmark's URL points at it, and
+// the node's CPU is all of it, whoever its other clients are.
 func BrokerPID() int {
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
@@ -24,8 +25,10 @@ func BrokerPID() int {
 		if err != nil || !bytes.HasPrefix(comm, []byte("beam")) {
 			continue
 		}
+		// The node boots with "-s rabbit boot"; rabbitmqctl and the other
+		// command-line tools run on beam too, but do not.
 		cmd, _ := os.ReadFile(filepath.Join(d, "cmdline"))
-		if !bytes.Contains(cmd, []byte("rabbit")) {
+		if !bytes.Contains(cmd, []byte("-s\x00rabbit\x00boot")) {
 			continue
 		}
 		pid, _ := strconv.Atoi(filepath.Base(d))

@@ -114,7 +114,9 @@ func StartFloor(url string, features Feature) (Contender, error) {
 	for i := range conns {
 		c, err := amqp.Dial(url)
 		if err != nil {
-			_ = f.Close()
+			for _, c := range conns[:i] {
+				_ = c.Close()
+			}
 			return nil, err
 		}
 		conns[i] = c
@@ -226,7 +228,7 @@ func (f *floor) startClient() error {
 	}
 	acked := f.has&AckedReplies != 0
 	if err == nil && acked {
-		err = ch.Qos(128, 0, false)
+		err = ch.Qos(1024, 0, false) // amqprpc's reply prefetch
 	}
 	if err != nil {
 		return err

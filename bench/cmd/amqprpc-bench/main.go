@@ -51,6 +51,16 @@ func main() {
 		c           bench.Contender
 	}
 	var contenders []started
+	// closeAll stops the contenders, deleting what they declared, also on
+	// the way out through log.Fatal (which skips deferred calls).
+	closeAll := func() {
+		for _, s := range contenders {
+			if err := s.c.Close(); err != nil {
+				log.Printf("%s: close: %v", s.name, err)
+			}
+		}
+		contenders = nil
+	}
 	factories := bench.Contenders()
 	if *without != "" {
 		names := strings.Split(*without, ",")
@@ -75,11 +85,12 @@ func main() {
 		}
 		c, err := f.Start(*url)
 		if err != nil {
+			closeAll()
 			log.Fatalf("%s: %v", f.Name, err)
 		}
-		defer c.Close()
 		contenders = append(contenders, started{f.Name, f.Short, c})
 	}
+	defer closeAll()
 
 	fmt.Printf("amqprpc-bench: %d round(s) of %v per point, warmup %v, GOMAXPROCS-bound process sharing the machine with the broker\n\n",
 		*rounds, *duration, *warmup)
@@ -93,6 +104,7 @@ func main() {
 				for i, s := range contenders {
 					r, err := bench.Run(s.c, s.name, conc, size, *warmup, *duration)
 					if err != nil {
+						closeAll()
 						log.Fatalf("%s, %d callers, %d B: %v", s.name, conc, size, err)
 					}
 					sums[i] = add(sums[i], r)
