@@ -2,7 +2,9 @@ package amqprpc
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,18 +17,35 @@ import (
 // memoryAlarm raises a memory alarm on the broker: with a watermark of 0 it
 // blocks every connection that publishes. The returned func, and the end of
 // t, put the watermark back as it was.
-func memoryAlarm(t *testing.T) (clear func()) {
+func memoryAlarm(t *testing.T) (lift func()) {
 	t.Helper()
-	was := strings.TrimSpace(lastLine(rabbitmqctl(t, "eval", "vm_memory_monitor:get_vm_memory_high_watermark().")))
-	restore := []string{"set_vm_memory_high_watermark", was}
-	if strings.HasPrefix(was, "{absolute,") { // {absolute,N}
-		restore = []string{"set_vm_memory_high_watermark", "absolute", strings.TrimSuffix(strings.TrimPrefix(was, "{absolute,"), "}")}
-	}
-	rabbitmqctl(t, "set_vm_memory_high_watermark", "0")
+	restore := watermarkArgs(t, lastLine(rabbitmqctl(t, "eval", "vm_memory_monitor:get_vm_memory_high_watermark().")))
 	var once sync.Once
-	clear = func() { once.Do(func() { rabbitmqctl(t, restore...) }) }
-	t.Cleanup(clear)
-	return clear
+	lift = func() {
+		once.Do(func() { rabbitmqctl(t, append([]string{"set_vm_memory_high_watermark"}, restore...)...) })
+	}
+	t.Cleanup(lift)
+	rabbitmqctl(t, "set_vm_memory_high_watermark", "0")
+	return lift
+}
+
+// watermarkArgs turns the watermark the broker reports (0.4, {relative,0.4},
+// {absolute,1073741824}, {absolute,"1024M"}) into set_vm_memory_high_watermark
+// arguments. A watermark of 0, left by a run that was killed during an
+// alarm, becomes RabbitMQ's default, 0.4.
+func watermarkArgs(t *testing.T, was string) []string {
+	was = strings.TrimSpace(was)
+	if v, ok := strings.CutPrefix(was, "{absolute,"); ok {
+		return []string{"absolute", strings.Trim(strings.TrimSuffix(v, "}"), `"`)}
+	}
+	if v, ok := strings.CutPrefix(was, "{relative,"); ok {
+		was = strings.TrimSuffix(v, "}")
+	}
+	if f, err := strconv.ParseFloat(was, 64); err != nil || f <= 0 {
+		t.Logf("memory watermark was %q: restoring the default, 0.4", was)
+		return []string{"0.4"}
+	}
+	return []string{was}
 }
 
 func lastLine(s string) string {
@@ -34,30 +53,40 @@ func lastLine(s string) string {
 	return lines[len(lines)-1]
 }
 
-// blockedConnections counts the broker's connections that published during
-// an alarm and are paused.
-func blockedConnections(t *testing.T) int {
+// blockedConnections counts the broker's connections whose name contains
+// name and that are blocked: they published during an alarm and are paused.
+func blockedConnections(t *testing.T, name string) int {
+	out := rabbitmqctl(t, "list_connections", "client_properties", "state", "-q", "--formatter", "json")
+	var conns []struct {
+		ClientProperties [][]json.RawMessage `json:"client_properties"`
+		State            string              `json:"state"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &conns), "%s", out)
 	n := 0
-	for _, line := range strings.Split(rabbitmqctl(t, "list_connections", "state"), "\n") {
-		if strings.TrimSpace(line) == "blocked" {
-			n++
+	for _, c := range conns {
+		for _, p := range c.ClientProperties {
+			var key, value string
+			if len(p) == 3 && json.Unmarshal(p[0], &key) == nil && key == "connection_name" &&
+				json.Unmarshal(p[2], &value) == nil && strings.Contains(value, name) && c.State == "blocked" {
+				n++
+			}
 		}
 	}
 	return n
 }
 
 // During a memory alarm the broker stops reading connections that publish.
-// Calls made meanwhile are not lost: they complete once it clears, each run
-// once.
+// Calls made meanwhile wait, and are not lost: they complete once it clears,
+// each run once.
 func TestCallsDuringMemoryAlarm(t *testing.T) {
 	ns := testNamespace(t)
 	ledger := new(Ledger)
 	startServer(t, ns, newRPCServer(t, ledger))
-	c := dial(t, ns)
+	c := dial(t, ns, WithConnectionName("alarm test client "+ns))
 	var reply string
 	require.NoError(t, c.Call("Ledger.Record", "before", &reply))
 
-	clear := memoryAlarm(t)
+	lift := memoryAlarm(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	const n = 8
@@ -73,10 +102,11 @@ func TestCallsDuringMemoryAlarm(t *testing.T) {
 			errs <- err
 		}()
 	}
-	require.Eventually(t, func() bool { return blockedConnections(t) > 0 }, 15*time.Second, 100*time.Millisecond,
-		"the alarm blocks the publishing connection")
+	require.Eventually(t, func() bool { return blockedConnections(t, ns) > 0 }, 15*time.Second, 100*time.Millisecond,
+		"the alarm blocks a publishing connection of the test's")
 	time.Sleep(time.Second)
-	clear()
+	assert.Zero(t, len(errs), "no call completes while the broker blocks the client")
+	lift()
 	for range n {
 		require.NoError(t, <-errs)
 	}
@@ -97,25 +127,43 @@ const closeBound = 8 * time.Second
 func TestCloseDuringMemoryAlarm(t *testing.T) {
 	ns := testNamespace(t)
 	startServer(t, ns, newRPCServer(t, new(Ledger)))
-	c, err := Dial(brokerURL(), ns)
+	c, err := Dial(brokerURL(), ns, WithConnectionName("alarm test client "+ns))
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() }) // Close is idempotent
 	var reply string
 	require.NoError(t, c.Call("Ledger.Record", "before", &reply))
 
-	clear := memoryAlarm(t)
+	lift := memoryAlarm(t)
 	done := make(chan error, 1)
 	go func() { done <- c.CallContext(context.Background(), "Ledger.Record", "blocked", new(string)) }()
-	require.Eventually(t, func() bool { return blockedConnections(t) > 0 }, 15*time.Second, 100*time.Millisecond)
+	require.Eventually(t, func() bool { return blockedConnections(t, "alarm test client "+ns) > 0 }, 15*time.Second, 100*time.Millisecond,
+		"the alarm blocks the client's publishing connection")
 
 	start := time.Now()
 	require.NoError(t, c.Close())
-	t.Logf("Close took %v", time.Since(start).Round(time.Millisecond))
-	assert.Less(t, time.Since(start), closeBound, "the close handshake waits 5 s at most")
+	took := time.Since(start)
+	t.Logf("Close took %v", took.Round(time.Millisecond))
+	assert.Less(t, took, closeBound, "the close handshake waits 5 s at most")
+	assert.Greater(t, took, 4*time.Second, "the broker does not answer a blocked connection's close: the cut ended it")
 	select {
 	case err := <-done:
 		assert.ErrorIs(t, err, ErrShutdown)
 	case <-time.After(5 * time.Second):
 		t.Fatal("the waiting call did not end with Close")
 	}
-	clear() // before the server's Close: it waits for the confirms of its replies
+	lift() // before the server's Close: it waits for the confirms of its replies
+}
+
+func TestWatermarkArgs(t *testing.T) {
+	for was, want := range map[string][]string{
+		"0.4":                   {"0.4"},
+		"{relative,0.6}":        {"0.6"},
+		"{absolute,1073741824}": {"absolute", "1073741824"},
+		`{absolute,"1024M"}`:    {"absolute", "1024M"},
+		"0.0":                   {"0.4"},
+		"0":                     {"0.4"},
+		"{badrpc,nodedown}":     {"0.4"},
+	} {
+		assert.Equal(t, want, watermarkArgs(t, was), was)
+	}
 }
