@@ -9,9 +9,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"io"
 	"math/big"
 	"net"
 	"net/rpc"
+	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +26,15 @@ import (
 // selfSignedListener accepts TLS connections with a certificate nobody
 // trusts, and never speaks AMQP.
 func selfSignedListener(t *testing.T) string {
+	addr, _ := tlsListener(t, nil)
+	return addr
+}
+
+// tlsListener accepts TLS connections with a self-signed certificate for
+// 127.0.0.1 and returns its address and a pool that trusts it. With serve
+// set, it hands each connection, handshake done, to serve; else it closes
+// it after the handshake.
+func tlsListener(t *testing.T, serve func(net.Conn)) (string, *x509.CertPool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
@@ -33,24 +45,65 @@ func selfSignedListener(t *testing.T) string {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
 		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
 	})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = ln.Close() })
+	var wg sync.WaitGroup
+	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			wg.Add(1)
 			go func() {
-				_ = conn.(*tls.Conn).Handshake()
-				_ = conn.Close()
+				defer wg.Done()
+				if err := conn.(*tls.Conn).Handshake(); err != nil || serve == nil {
+					_ = conn.Close()
+					return
+				}
+				serve(conn)
 			}()
 		}
 	}()
-	return ln.Addr().String()
+	return ln.Addr().String(), pool
+}
+
+// tlsInFrontOfBroker is a TLS terminator in front of the test broker, like
+// a broker's own TLS listener: it returns an amqps:// URL for it and a pool
+// that trusts its certificate.
+func tlsInFrontOfBroker(t *testing.T) (string, *x509.CertPool) {
+	t.Helper()
+	needBroker(t)
+	broker, err := url.Parse(brokerURL())
+	require.NoError(t, err)
+	port := broker.Port()
+	if port == "" {
+		port = "5672"
+	}
+	addr, pool := tlsListener(t, func(c net.Conn) {
+		defer c.Close()
+		b, err := net.Dial("tcp", net.JoinHostPort(broker.Hostname(), port))
+		if err != nil {
+			return
+		}
+		defer b.Close()
+		done := make(chan struct{}, 2)
+		go func() { _, _ = io.Copy(b, c); done <- struct{}{} }()
+		go func() { _, _ = io.Copy(c, b); done <- struct{}{} }()
+		<-done // one side ended: end both
+	})
+	u := *broker
+	u.Scheme, u.Host = "amqps", addr
+	return u.String(), pool
 }
 
 // amqps:// verifies the broker's certificate unless the caller's tls.Config
@@ -68,6 +121,37 @@ func TestTLSVerifiesByDefault(t *testing.T) {
 	require.Error(t, err, "not a broker")
 	assert.False(t, errorsAsUnknownAuthority(err), "verification was off as asked")
 	assert.NotContains(t, err.Error(), "s3cret")
+}
+
+// amqps:// end to end: a server and a client that trust the broker's
+// certificate serve and make calls over TLS, and come back over TLS after
+// the broker closes every connection.
+func TestTLSToTheBroker(t *testing.T) {
+	amqps, pool := tlsInFrontOfBroker(t)
+	ns := testNamespace(t)
+	trust := WithTLS(&tls.Config{RootCAs: pool})
+	s, err := NewServer(amqps, ns, newRPCServer(t, new(Math)), trust)
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(context.Background()) }()
+	t.Cleanup(func() { require.NoError(t, s.Close()); require.NoError(t, <-served) })
+	tc, err := Dial(amqps, ns, trust)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, tc.Close()) })
+
+	var sum int
+	require.NoError(t, tc.Call("Math.SumNumbers", []int{1, 2, 3, 4}, &sum))
+	assert.Equal(t, 10, sum)
+
+	rabbitmqctl(t, "close_all_connections", "test")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, tc.CallContext(ctx, "Math.SumNumbers", []int{5, 6}, &sum))
+	assert.Equal(t, 11, sum)
+
+	_, err = Dial(amqps, ns)
+	var unknown x509.UnknownAuthorityError
+	require.ErrorAs(t, err, &unknown, "without the pool, the certificate is not trusted")
 }
 
 func errorsAsUnknownAuthority(err error) bool {
