@@ -32,8 +32,8 @@ func randomHex(n int) string {
 
 // correlationID is prefix (which ends in ".") followed by seq in decimal.
 func correlationID(prefix string, seq uint64) string {
-	b := make([]byte, 0, len(prefix)+20)
-	b = append(b, prefix...)
+	var buf [64]byte // on the stack for any usual prefix: one allocation, the string
+	b := append(buf[:0], prefix...)
 	return string(strconv.AppendUint(b, seq, 10))
 }
 
