@@ -80,8 +80,9 @@ type Publisher struct {
 	done  chan struct{} // closed when run has ended
 
 	mu sync.Mutex
-	// protects queued and closed
+	// protects queued, spare and closed
 	queued []*entry
+	spare  []*entry // an empty array for queued to take after a batch
 	closed bool
 }
 
@@ -304,7 +305,15 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			p.mu.Lock()
 			n := min(len(p.queued), maxInFlight-len(sent))
 			batch := p.queued[:n:n]
-			p.queued = p.queued[n:]
+			// A batch that takes the whole queue leaves it the spare array,
+			// and gives its own back once sent: Publish appends without
+			// allocating a new array every few batches.
+			whole := n == len(p.queued)
+			if whole {
+				p.queued, p.spare = p.spare[:0], nil
+			} else {
+				p.queued = p.queued[n:]
+			}
 			p.mu.Unlock()
 			now := time.Now()
 			uncork := p.conn.Cork() // one write for the whole batch
@@ -324,9 +333,9 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 					// and take the confirms still buffered until the
 					// stream ends.
 					p.mu.Lock()
-					p.queued = append(batch[i:], p.queued...)
+					p.queued = append(batch[i:], p.queued...) // may reuse batch's array
 					p.mu.Unlock()
-					wake = nil
+					wake, whole = nil, false
 					break
 				}
 				e.tries++
@@ -334,6 +343,12 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 				sent[tag] = e
 			}
 			uncork()
+			if whole {
+				clear(batch) // the entries now live in sent, or are done
+				p.mu.Lock()
+				p.spare = batch[:0]
+				p.mu.Unlock()
+			}
 			if len(sent) >= maxInFlight {
 				wake = nil // until confirms make room
 			}
