@@ -31,7 +31,9 @@ var (
 	// the request back for another server to take, a little later each time;
 	// after ten tries the caller gets an error saying that no server took
 	// it. If the queue is gone when the request is put back, the caller
-	// gets an error matching ErrNoRoute at once.
+	// gets an error matching ErrNoRoute at once. What is put back is the
+	// request as received: a []byte argument shares its memory, so change
+	// it in place only if you answer.
 	ErrIgnoreRequest = errors.New("amqprpc: request ignored")
 	// ErrRefused means the broker refused to take a request (a negative
 	// publisher confirm); the call was not run.

@@ -18,7 +18,9 @@ type Codec interface {
 	// Marshal encodes v.
 	Marshal(v any) ([]byte, error)
 	// Unmarshal decodes data into v, which is a pointer. A nil v discards
-	// the data without decoding it.
+	// the data without decoding it. v may keep data: amqprpc hands each
+	// message body to Unmarshal once and never reuses it. (MsgPack decodes
+	// a binary into a *[]byte as a slice of data, without a copy.)
 	Unmarshal(data []byte, v any) error
 }
 
