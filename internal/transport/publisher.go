@@ -308,7 +308,7 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 			// A batch that takes the whole queue leaves it the spare array,
 			// and gives its own back once sent: Publish appends without
 			// allocating a new array every few batches.
-			whole := n == len(p.queued)
+			whole := n > 0 && n == len(p.queued)
 			if whole {
 				p.queued, p.spare = p.spare[:0], nil
 			} else {
