@@ -159,6 +159,6 @@ const headerIgnored = "x-amqprpc-ignored"
 // the n-th time before putting it back: 50 ms, doubling, at most 500 ms, so
 // that an ignored request cannot spin through the queue.
 func ignoreDelay(n int) time.Duration {
-	d := 50 * time.Millisecond << min(n, 4)
+	d := 50 * time.Millisecond << min(max(n, 0), 4)
 	return min(d, 500*time.Millisecond)
 }

@@ -49,6 +49,9 @@ func (s *Server) handle(c *serverCodec, req *request) {
 			_ = c.decode(req, nil)
 		}
 		if req.answered.Load() {
+			if p != nil { // after the reply: nobody hears of it but the log
+				c.log.Error("amqprpc: handler panicked after its reply", "type", req.d.Type, "panic", p, "stack", string(debug.Stack()))
+			}
 			return
 		}
 		// A panic, or runtime.Goexit, before the reply was written.

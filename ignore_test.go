@@ -2,11 +2,14 @@ package amqprpc
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"net/rpc"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -101,3 +104,32 @@ func TestIgnoredRequestWhoseQueueIsGone(t *testing.T) {
 	require.NoError(t, c.CallContext(ctx, "Picky.Take", "x", &reply))
 	assert.Equal(t, "yes", reply)
 }
+
+// A hostile ignore count (negative, or past the limit) neither crashes nor
+// jams the server: the request is answered like any other ignored request.
+func TestHostileIgnoreCount(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, &Picky{name: "no"}, &Picky2{}))
+	p := newRawPeer(t, ns)
+	for i, n := range []int32{math.MinInt32, math.MaxInt32} {
+		id := fmt.Sprint("c", i)
+		p.send(amqp.Publishing{Type: "Picky.Take", ReplyTo: "rawpeer", CorrelationId: id, MessageId: id,
+			ContentType: "application/json", Body: []byte(`"x"`), Headers: amqp.Table{headerIgnored: n}})
+		d := p.reply()
+		assert.Equal(t, id, d.CorrelationId)
+		assert.Contains(t, d.Headers["error"], "no server took the request", "count %d", n)
+	}
+	// The server is none the worse for it.
+	p.send(amqp.Publishing{Type: "Picky2.Take", ReplyTo: "rawpeer", CorrelationId: "ok", MessageId: "ok",
+		ContentType: "application/json", Body: []byte(`"x"`)})
+	d := p.reply()
+	assert.Equal(t, "ok", d.CorrelationId)
+	assert.Equal(t, `"taken"`, string(d.Body))
+	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond,
+		"nothing is left unacked")
+}
+
+// Picky2 always takes.
+type Picky2 struct{}
+
+func (Picky2) Take(arg string, reply *string) error { *reply = "taken"; return nil }

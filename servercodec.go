@@ -317,6 +317,7 @@ func (c *serverCodec) ignore(req *request) {
 		return
 	}
 	n, _ := req.d.Headers[headerIgnored].(int32)
+	n = max(n, 0) // the header is the client's to forge
 	if int(n)+1 >= ignoreLimit {
 		_ = c.publishReply(req, fmt.Sprintf("amqprpc: no server took the request: ignored %d times", n+1), nil)
 		return
