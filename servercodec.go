@@ -417,6 +417,10 @@ func (c *serverCodec) Close() error {
 		case <-time.After(closeWait):
 			c.log.Warn("amqprpc: closing with replies still unconfirmed; their requests will be redelivered")
 		}
+		// The last acks may still be gathered in a burst of confirms: they
+		// must reach the channel before its close does, or the broker puts
+		// those requests back and another server runs them again.
+		c.acker.Sync()
 		if c.release != nil {
 			c.closeErr = c.release()
 		}

@@ -17,6 +17,7 @@ type Acker struct {
 	mu sync.Mutex
 	// protects everything below
 	burst int
+	idle  sync.Cond // signalled when the last burst ends
 	chans map[amqp.Acknowledger]*outstanding
 }
 
@@ -32,7 +33,23 @@ const (
 )
 
 // NewAcker returns an empty Acker.
-func NewAcker() *Acker { return &Acker{chans: make(map[amqp.Acknowledger]*outstanding)} }
+func NewAcker() *Acker {
+	a := &Acker{chans: make(map[amqp.Acknowledger]*outstanding)}
+	a.idle.L = &a.mu
+	return a
+}
+
+// Sync waits until every ack decided so far has been handed to its channel:
+// until no burst is open. Call it before closing a channel whose deliveries
+// were acked, or the close may overtake the acks and the broker requeue
+// deliveries that were done with.
+func (a *Acker) Sync() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.burst > 0 {
+		a.idle.Wait()
+	}
+}
 
 // Take registers d as outstanding. Deliveries of one channel must be taken
 // in the order they arrived.
@@ -82,6 +99,7 @@ func (a *Acker) Burst() (end func()) {
 		defer a.mu.Unlock()
 		if a.burst--; a.burst == 0 {
 			a.flushLocked()
+			a.idle.Broadcast()
 		}
 	}
 }
@@ -108,13 +126,23 @@ func (a *Acker) flushLocked() {
 		if upTo != 0 {
 			_ = ch.Ack(upTo, true)
 		}
-		// Behind a delivery still being handled: single acks.
+		// Behind a delivery still being handled: single acks. Only the
+		// deliveries still being handled stay outstanding, so that one slow
+		// handler does not make every later flush walk all the deliveries
+		// done behind it.
+		kept := o.tags[:0]
 		for _, t := range o.tags {
-			if o.state[t] == ackDue {
+			switch o.state[t] {
+			case ackDue:
 				_ = ch.Ack(t, false)
-				o.state[t] = settled
+				delete(o.state, t)
+			case settled:
+				delete(o.state, t)
+			default:
+				kept = append(kept, t)
 			}
 		}
+		o.tags = kept
 		if len(o.tags) == 0 {
 			delete(a.chans, ch)
 		}

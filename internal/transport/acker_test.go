@@ -3,6 +3,7 @@ package transport
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
@@ -58,4 +59,53 @@ func TestAckerKeepsChannelsApart(t *testing.T) {
 	end()
 	assert.Equal(t, []string{"ack 9 multiple=true"}, old.calls)
 	assert.Equal(t, []string{"ack 1 multiple=true"}, cur.calls)
+}
+
+// Sync returns only once the acks of an open burst have been sent, so that
+// a channel closed after it cannot overtake them.
+func TestAckerSyncWaitsForTheBurst(t *testing.T) {
+	ch := &recorder{}
+	a := NewAcker()
+	d := amqp.Delivery{Acknowledger: ch, DeliveryTag: 1}
+	a.Take(&d)
+	end := a.Burst()
+	a.Ack(&d)
+	synced := make(chan struct{})
+	go func() { a.Sync(); close(synced) }()
+	select {
+	case <-synced:
+		t.Fatal("Sync returned during the burst")
+	case <-time.After(50 * time.Millisecond):
+	}
+	end()
+	<-synced
+	assert.Equal(t, []string{"ack 1 multiple=true"}, ch.calls)
+	a.Sync() // no burst: returns at once
+}
+
+// Behind one slow delivery, the deliveries done are acked and forgotten:
+// what is kept is what is still being handled.
+func TestAckerForgetsWhatIsDoneBehindASlowDelivery(t *testing.T) {
+	ch := &recorder{}
+	a := NewAcker()
+	d := make([]amqp.Delivery, 1000)
+	for i := range d {
+		d[i] = amqp.Delivery{Acknowledger: ch, DeliveryTag: uint64(i + 1)}
+		a.Take(&d[i])
+	}
+	for i := 1; i < len(d); i++ { // all but the first
+		if i%2 == 0 {
+			a.Settled(&d[i])
+		} else {
+			a.Ack(&d[i])
+		}
+	}
+	o := a.chans[ch]
+	assert.Equal(t, []uint64{1}, o.tags)
+	assert.Len(t, o.state, 0)
+	assert.Len(t, ch.calls, 500, "one single ack per acked delivery")
+	ch.calls = nil
+	a.Ack(&d[0])
+	assert.Equal(t, []string{"ack 1 multiple=true"}, ch.calls)
+	assert.Empty(t, a.chans)
 }
