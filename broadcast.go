@@ -2,6 +2,7 @@ package amqprpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/rpc"
 	"sync"
@@ -104,6 +105,12 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 			g.add(amqp.Delivery{}, ErrRefused)
 		case transport.Returned: // a fanout exchange without any server queue
 			g.add(amqp.Delivery{}, &noRouteError{fanout: cc.requestExchange})
+		case transport.Abandoned:
+			if cc.isClosed() {
+				g.add(amqp.Delivery{}, rpc.ErrShutdown)
+			} else {
+				g.add(amqp.Delivery{}, errors.New(abandonedText))
+			}
 		}
 	})
 	if err != nil {

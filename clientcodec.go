@@ -173,6 +173,10 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 			c.fail(seq, ErrRefused.Error())
 		case transport.Returned:
 			c.fail(seq, (&noRouteError{key: key}).Error())
+		case transport.Abandoned:
+			if !c.isClosed() { // on Close, net/rpc fails the call with ErrShutdown
+				c.fail(seq, abandonedText)
+			}
 		}
 	})
 	if err != nil {
@@ -189,6 +193,16 @@ func deliveryMode(persistent bool) uint8 {
 		return amqp.Persistent
 	}
 	return amqp.Transient
+}
+
+// isClosed reports whether Close has begun.
+func (c *clientCodec) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // take removes seq from the pending calls and returns it, or nil when the

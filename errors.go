@@ -44,11 +44,13 @@ var (
 var ErrShutdown = rpc.ErrShutdown
 
 // Texts of the errors the client itself puts in calls that net/rpc completes
-// with an [rpc.ServerError]: Go calls that time out or whose request the
-// broker refused.
+// with an [rpc.ServerError]: Go calls that time out, that were canceled, or
+// whose request the broker kept closing the channel over (too large for
+// it, say: it may or may not have run).
 const (
-	timeoutText  = "amqprpc: call timed out"
-	canceledText = "amqprpc: call canceled"
+	timeoutText   = "amqprpc: call timed out"
+	canceledText  = "amqprpc: call canceled"
+	abandonedText = "amqprpc: request given up: the broker closed the channel on it again and again (too large?)"
 )
 
 // errConsumerEnded is Serve's error when the broker or the network ended the

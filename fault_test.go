@@ -3,7 +3,9 @@ package amqprpc
 import (
 	"context"
 	"fmt"
+	"net/rpc"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -179,4 +181,55 @@ func TestReplyEncodingPanicAndGoexit(t *testing.T) {
 	var reply string
 	require.NoError(t, c.Call("Panicky.Fine", "ok", &reply))
 	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
+}
+
+// maxMessageSize lowers the broker's max_message_size for the channels
+// opened from now on, until t ends.
+func maxMessageSize(t *testing.T, size int) {
+	t.Helper()
+	was := lastLine(rabbitmqctl(t, "eval", "application:get_env(rabbit, max_message_size)."))
+	restore := "application:unset_env(rabbit, max_message_size)."
+	if v, ok := strings.CutPrefix(was, "{ok,"); ok {
+		restore = fmt.Sprintf("application:set_env(rabbit, max_message_size, %s).", strings.TrimSuffix(v, "}"))
+	}
+	t.Cleanup(func() { rabbitmqctl(t, "eval", restore) })
+	rabbitmqctl(t, "eval", fmt.Sprintf("application:set_env(rabbit, max_message_size, %d).", size))
+}
+
+// A request the broker closes the channel over every time (here: larger
+// than its max_message_size) fails its call once the publisher gives up,
+// instead of waiting for the deadline; requests sent with it are not given
+// up with it, and the client goes on working.
+func TestRequestTheBrokerKeepsRefusing(t *testing.T) {
+	ns := testNamespace(t)
+	maxMessageSize(t, 4096)
+	ledger := new(Ledger)
+	startServer(t, ns, newRPCServer(t, ledger))
+	c := dial(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+
+	start := time.Now()
+	big := make(chan error, 1)
+	go func() { big <- c.CallContext(ctx, "Ledger.Record", strings.Repeat("x", 8192), new(string)) }()
+	small := make([]*rpc.Call, 8)
+	for i := range small {
+		small[i] = c.Go("Ledger.Record", fmt.Sprint("small ", i), new(string), nil)
+	}
+	err := <-big
+	var se rpc.ServerError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, abandonedText, string(se))
+	assert.Less(t, time.Since(start), 20*time.Second, "well before the 45 s deadline")
+	for i, call := range small {
+		<-call.Done
+		assert.NoError(t, call.Error, "small %d", i)
+	}
+	var reply string
+	require.NoError(t, c.CallContext(ctx, "Ledger.Record", "after", &reply))
+	counts := ledger.counts()
+	assert.Equal(t, 1, counts["after"])
+	for i := range small {
+		assert.Equal(t, 1, counts[fmt.Sprint("small ", i)])
+	}
 }

@@ -25,8 +25,8 @@ const (
 	// Nacked: the broker refused the message.
 	Nacked
 	// Abandoned: the publisher was closed before the broker answered, or
-	// the message was sent maxTries times without confirm. It may or may
-	// not have reached the broker.
+	// maxTries channels closed while the message was in flight alone. It
+	// may or may not have reached the broker.
 	Abandoned
 	// Expired: its Deadline passed before it could be sent.
 	Expired
@@ -53,13 +53,19 @@ type Message struct {
 
 type entry struct {
 	Message
-	done  Confirmed
-	tries int // channels it was written to
+	done    Confirmed
+	tries   int  // channels lost while it was in flight alone
+	suspect bool // unconfirmed when a channel was lost: sent alone until confirmed
 }
 
-// maxTries bounds how often a message is written to a channel that then
-// closed before confirming it: a message the broker closes channels over
-// (too large, say) must not block the ones behind it forever.
+// maxTries bounds how often a channel may close while a message is in
+// flight alone: a message the broker closes channels over (too large, say)
+// must not block the ones behind it forever. When a channel closes, the
+// broker may not have confirmed even the messages it took, so which one it
+// refused is unknown: the messages left unconfirmed are sent again one at a
+// time, each once the one before it is confirmed, and a channel that closes
+// then counts a try for the one in flight. The others are not given up
+// with it.
 const maxTries = 10
 
 // Publisher publishes on a confirm-mode channel of a Conn and survives its
@@ -166,9 +172,13 @@ func (p *Publisher) run(l *link) {
 	for {
 		opened := time.Now()
 		unconfirmed := p.serve(l)
+		if len(unconfirmed) == 1 && unconfirmed[0].suspect {
+			unconfirmed[0].tries++
+		}
 		var failed []*entry
 		kept := unconfirmed[:0]
 		for _, e := range unconfirmed {
+			e.suspect = true
 			if e.tries >= maxTries {
 				failed = append(failed, e)
 			} else {
@@ -180,7 +190,7 @@ func (p *Publisher) run(l *link) {
 		p.mu.Unlock()
 		for _, e := range failed {
 			p.log.Warn("amqprpc: giving up on a message that keeps losing its channel",
-				"exchange", e.Exchange, "key", e.Key, "tries", e.tries)
+				"exchange", e.Exchange, "key", e.Key, "correlation_id", e.CorrelationId, "size", len(e.Body), "tries", e.tries)
 			if e.done != nil {
 				e.done(Abandoned)
 			}
@@ -267,6 +277,10 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 		}
 		e := sent[c.DeliveryTag]
 		delete(sent, c.DeliveryTag)
+		if e != nil && e.suspect { // cleared: the next may go
+			e.suspect = false
+			p.select1()
+		}
 		var wasReturned bool
 		if e != nil && e.Mandatory && len(returned) > 0 {
 			k := returnKey{e.ReplyTo, e.CorrelationId, e.MessageId}
@@ -304,6 +318,13 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 		case <-wake:
 			p.mu.Lock()
 			n := min(len(p.queued), maxInFlight-len(sent))
+			probing := n > 0 && p.queued[0].suspect // suspects lead the queue
+			if probing {
+				n = 0
+				if len(sent) == 0 {
+					n = 1 // alone; its confirm wakes us for the next
+				}
+			}
 			batch := p.queued[:n:n]
 			// A batch that takes the whole queue leaves it the spare array,
 			// and gives its own back once sent: Publish appends without
@@ -338,11 +359,13 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 					wake, whole = nil, false
 					break
 				}
-				e.tries++
 				tag++
 				sent[tag] = e
 			}
 			uncork()
+			if probing && len(sent) == 0 && wake != nil {
+				p.select1() // the suspect expired unsent: on to the next
+			}
 			if whole {
 				clear(batch) // the entries now live in sent, or are done
 				p.mu.Lock()
