@@ -153,6 +153,11 @@ func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		select {
+		case <-c.done:
+			return nil, ErrClosed // a wrapped connection may still be open
+		default:
+		}
 		c.mu.Lock()
 		conn, up, lost := c.conn, c.up, c.lost
 		c.mu.Unlock()
@@ -164,7 +169,9 @@ func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
 			if err == nil {
 				return ch, nil
 			}
-			if !errors.Is(err, amqp.ErrClosed) {
+			// A connection that dies while the channel opens fails it with
+			// its shutdown error (501, 320), not ErrClosed.
+			if !errors.Is(err, amqp.ErrClosed) && !conn.IsClosed() {
 				return nil, err
 			}
 			// The connection died under us: wait for watch to notice.
