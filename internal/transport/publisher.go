@@ -103,7 +103,7 @@ func NewPublisher(conn *Conn, log *slog.Logger, setup func(*amqp.Channel) error,
 	ctx, stop := context.WithCancel(context.Background())
 	p := &Publisher{conn: conn, log: log, setup: setup, burst: burst, ctx: ctx, stop: stop,
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
-	l, err := p.open()
+	l, err := p.open(ctx)
 	if err != nil {
 		stop()
 		return nil, err
@@ -119,8 +119,8 @@ type link struct {
 	returns  chan amqp.Return
 }
 
-func (p *Publisher) open() (*link, error) {
-	ch, err := p.conn.Channel(p.ctx)
+func (p *Publisher) open(ctx context.Context) (*link, error) {
+	ch, err := p.conn.Channel(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -215,12 +215,21 @@ func (p *Publisher) run(l *link) {
 				p.abandon()
 				return
 			}
+			// While the connection is down, look at the queue every
+			// expiryScan: nothing else drops what expires meanwhile.
+			p.dropExpired()
+			ctx, cancel := context.WithTimeout(p.ctx, expiryScan)
 			var err error
-			if l, err = p.open(); err != nil {
-				if errors.Is(err, ErrClosed) || p.ctx.Err() != nil {
-					p.abandon()
-					return
-				}
+			l, err = p.open(ctx)
+			cancel()
+			switch {
+			case err == nil:
+			case errors.Is(err, ErrClosed) || p.ctx.Err() != nil:
+				p.abandon()
+				return
+			case errors.Is(err, context.DeadlineExceeded):
+				wait = 0 // still down: scan and wait again
+			default:
 				p.log.Debug("amqprpc: reopening the publish channel failed", "err", err)
 				wait = min(max(2*wait, 50*time.Millisecond), time.Second)
 			}
@@ -418,6 +427,40 @@ func (p *Publisher) select1() {
 	case p.wake <- struct{}{}:
 	default:
 	}
+}
+
+// expiryScan is how often the queue is cleared of expired messages while
+// the connection is down.
+const expiryScan = time.Second
+
+// dropExpired ends the queued messages whose deadline has passed.
+func (p *Publisher) dropExpired() {
+	now := time.Now()
+	var expired []*entry
+	p.mu.Lock()
+	kept := p.queued[:0]
+	for _, e := range p.queued {
+		if !e.Deadline.IsZero() && !now.Before(e.Deadline) {
+			expired = append(expired, e)
+		} else {
+			kept = append(kept, e)
+		}
+	}
+	clear(p.queued[len(kept):])
+	p.queued = kept
+	p.mu.Unlock()
+	for _, e := range expired {
+		if e.done != nil {
+			e.done(Expired)
+		}
+	}
+}
+
+// Len returns how many messages wait to be sent.
+func (p *Publisher) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.queued)
 }
 
 // abandon ends every message still waiting, after Close.
