@@ -50,6 +50,8 @@ type serverCodec struct {
 	closeErr  error
 	lost      error          // set by the reader when deliveries ended on their own
 	inflight  sync.WaitGroup // requests taken and not yet settled
+	gate      sync.RWMutex   // orders next's inflight.Add before Close's Wait
+	gateShut  bool           // set by Close under gate: next takes nothing more
 
 	limit     int           // of well-formed calls to take; <= 0: no limit
 	count     atomic.Int64  // well-formed calls taken so far (also read by the consumer)
@@ -144,12 +146,18 @@ func (c *serverCodec) next() (*request, error) {
 				c.stream.Lost()
 				continue
 			}
+			c.gate.RLock()
+			if c.gateShut { // Close is waiting: d goes back with the channel
+				c.gate.RUnlock()
+				return nil, io.EOF
+			}
+			c.inflight.Add(1)
+			c.gate.RUnlock()
 			req := &request{d: d, owner: c}
 			c.acker.Take(&req.d)
 			if ms, err := strconv.ParseInt(d.Expiration, 10, 64); err == nil && ms > 0 {
 				req.deadline = time.Now().Add(time.Duration(ms) * time.Millisecond)
 			}
-			c.inflight.Add(1)
 			if reason := c.check(req); reason != "" {
 				c.refuse(req, reason)
 				continue
@@ -410,6 +418,9 @@ const closeWait = 30 * time.Second
 func (c *serverCodec) Close() error {
 	c.closeOnce.Do(func() {
 		c.stop()
+		c.gate.Lock() // a request being taken is counted before Wait starts
+		c.gateShut = true
+		c.gate.Unlock()
 		settled := make(chan struct{})
 		go func() { c.inflight.Wait(); close(settled) }()
 		select {
