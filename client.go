@@ -15,7 +15,10 @@ import (
 
 // Client calls the net/rpc services of one namespace through RabbitMQ. Call
 // and Go behave as in net/rpc; CallContext adds a context. A Client is safe
-// for concurrent use by many goroutines.
+// for concurrent use by many goroutines. Make calls through the Client's own
+// methods: the embedded *rpc.Client's Call and Go skip the pairing of each
+// call with its reply type and deadline, and must not run concurrently with
+// them.
 type Client struct {
 	*rpc.Client
 
