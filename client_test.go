@@ -3,6 +3,7 @@ package amqprpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/rpc"
 	"testing"
 	"time"
@@ -252,4 +253,24 @@ func TestClientClose(t *testing.T) {
 	<-call.Done
 	assert.ErrorIs(t, call.Error, rpc.ErrShutdown)
 	assert.ErrorIs(t, c.Call("Math.SumNumbers", []int{1}, new(int)), rpc.ErrShutdown)
+}
+
+// Close acks the replies it has read: none goes back to the reply queue
+// (where a client that reuses the id would get them again).
+func TestCloseAcksTheRepliesRead(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, new(Ledger)))
+	for round := range 3 {
+		c, err := Dial(brokerURL(), ns)
+		require.NoError(t, err)
+		var reply string
+		for i := range 10 { // fewer than a batch of acks
+			require.NoError(t, c.Call("Ledger.Record", fmt.Sprint(round, ".", i), &reply))
+		}
+		queue := "rpc_" + ns + "_" + c.ID() + "_response"
+		require.NoError(t, c.Close())
+		time.Sleep(100 * time.Millisecond)
+		require.Equal(t, 0, queueMessages(t, queue), "round %d: replies went back to the queue", round)
+		_, _ = rawChannel(t).QueueDelete(queue, false, false, false)
+	}
 }

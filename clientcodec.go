@@ -64,8 +64,12 @@ type clientCodec struct {
 	next *callInfo
 
 	// Read side: net/rpc reads header and body pairs from one goroutine.
-	body         []byte            // body still to decode in ReadResponseBody
-	bodyCodec    codec.Codec       // its codec; nil: nothing to decode
+	body      []byte      // body still to decode in ReadResponseBody
+	bodyCodec codec.Codec // its codec; nil: nothing to decode
+	// The replies read and not acked yet: the reader acks them, and so does
+	// Close, before it closes the channel.
+	ackMu sync.Mutex
+	// protects the four fields below
 	unacked      amqp.Acknowledger // channel of the replies read but not acked yet
 	unackedTag   uint64            // the last of them
 	unackedN     int
@@ -297,8 +301,11 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 		c.mu.Unlock()
 
 		var ackDue <-chan time.Time // armed while replies wait for their ack
-		if c.unacked != nil {
-			wait := replyAckDelay - time.Since(c.unackedSince)
+		c.ackMu.Lock()
+		waiting, since := c.unacked != nil, c.unackedSince
+		c.ackMu.Unlock()
+		if waiting {
+			wait := replyAckDelay - time.Since(since)
 			if wait <= 0 {
 				c.flushAcks()
 			} else {
@@ -310,7 +317,9 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 		case d, ok := <-c.stream.Deliveries():
 			if !ok { // the channel was lost: the next one's replies follow
 				c.stream.Lost()
+				c.ackMu.Lock()
 				c.unacked, c.unackedN = nil, 0 // the broker requeued them
+				c.ackMu.Unlock()
 				continue
 			}
 			if c.readReply(&d, r) {
@@ -344,20 +353,28 @@ const (
 
 // ackLater notes that d was read.
 func (c *clientCodec) ackLater(d *amqp.Delivery) {
+	c.ackMu.Lock()
+	defer c.ackMu.Unlock()
 	if c.unacked != nil && c.unacked != d.Acknowledger {
-		c.flushAcks() // a new channel: acks never cross channels
+		c.flushAcksLocked() // a new channel: acks never cross channels
 	}
 	if c.unacked == nil {
 		c.unackedSince = time.Now()
 	}
 	c.unacked, c.unackedTag = d.Acknowledger, d.DeliveryTag
 	if c.unackedN++; c.unackedN >= replyAckBatch {
-		c.flushAcks()
+		c.flushAcksLocked()
 	}
 }
 
 // flushAcks acks every reply read so far on the current channel.
 func (c *clientCodec) flushAcks() {
+	c.ackMu.Lock()
+	defer c.ackMu.Unlock()
+	c.flushAcksLocked()
+}
+
+func (c *clientCodec) flushAcksLocked() {
 	if c.unacked == nil {
 		return
 	}
@@ -461,6 +478,7 @@ func (c *clientCodec) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closed)
 		c.wg.Wait()
+		c.flushAcks() // before the channel closes, or the broker requeues them
 		if c.release != nil {
 			c.closeErr = c.release()
 		}
