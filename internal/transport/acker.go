@@ -66,23 +66,17 @@ func (a *Acker) Take(d *amqp.Delivery) {
 
 // Ack acks d: at once outside a burst, at the burst's end inside one. An
 // ack on a channel lost since fails silently: the broker requeued d.
-func (a *Acker) Ack(d *amqp.Delivery) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if o := a.chans[d.Acknowledger]; o != nil {
-		o.state[d.DeliveryTag] = ackDue
-	}
-	if a.burst == 0 {
-		a.flushLocked()
-	}
-}
+func (a *Acker) Ack(d *amqp.Delivery) { a.mark(d, ackDue) }
 
 // Settled reports that d was settled otherwise (nacked, rejected).
-func (a *Acker) Settled(d *amqp.Delivery) {
+func (a *Acker) Settled(d *amqp.Delivery) { a.mark(d, settled) }
+
+// mark records what became of d and, outside a burst, sends what is due.
+func (a *Acker) mark(d *amqp.Delivery, state uint8) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if o := a.chans[d.Acknowledger]; o != nil {
-		o.state[d.DeliveryTag] = settled
+		o.state[d.DeliveryTag] = state
 	}
 	if a.burst == 0 {
 		a.flushLocked()
