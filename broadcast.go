@@ -2,7 +2,6 @@ package amqprpc
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/rpc"
 	"sync"
@@ -86,31 +85,9 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 	}()
 
 	id := correlationID(cc.gatherPrefix, seq)
-	err = cc.pub.Publish(transport.Message{
-		Exchange:  cc.requestExchange,
-		Mandatory: true,
-		Deadline:  deadline,
-		Publishing: amqp.Publishing{
-			ContentType:   cc.codec.ContentType(),
-			DeliveryMode:  cc.delivery,
-			CorrelationId: id,
-			MessageId:     id,
-			ReplyTo:       cc.replyTo,
-			Type:          serviceMethod,
-			Body:          data,
-		},
-	}, func(o transport.Outcome) {
-		switch o {
-		case transport.Nacked:
-			g.add(amqp.Delivery{}, ErrRefused)
-		case transport.Returned: // a fanout exchange without any server queue
-			g.add(amqp.Delivery{}, &noRouteError{fanout: cc.requestExchange})
-		case transport.Abandoned:
-			if cc.isClosed() {
-				g.add(amqp.Delivery{}, rpc.ErrShutdown)
-			} else {
-				g.add(amqp.Delivery{}, errors.New(abandonedText))
-			}
+	err = cc.pub.Publish(cc.request("", id, serviceMethod, data, deadline), func(o transport.Outcome) {
+		if err := cc.outcomeError(o, "", cc.requestExchange); err != nil {
+			g.add(amqp.Delivery{}, err)
 		}
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package amqprpc
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -155,37 +156,56 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 
 	id := correlationID(c.prefix, r.Seq)
 	seq := r.Seq
-	// Mandatory: a request no queue takes comes back, and fails the call
-	// at once instead of vanishing.
-	err = c.pub.Publish(transport.Message{
+	err = c.pub.Publish(c.request(key, id, r.ServiceMethod, data, ttl), func(o transport.Outcome) {
+		// On Close (ErrShutdown) net/rpc fails the call itself.
+		if err := c.outcomeError(o, key, ""); err != nil && err != rpc.ErrShutdown {
+			c.fail(seq, err.Error())
+		}
+	})
+	if err != nil {
+		c.forget(seq)
+		return rpc.ErrShutdown
+	}
+	return nil
+}
+
+// request is the message that carries a call, direct (key) or broadcast.
+// It is mandatory: a request no queue takes comes back, and fails the call
+// at once instead of vanishing. The publisher turns deadline into the
+// expiration when it sends it.
+func (c *clientCodec) request(key, id, serviceMethod string, body []byte, deadline time.Time) transport.Message {
+	return transport.Message{
 		Exchange:  c.requestExchange,
 		Key:       key,
 		Mandatory: true,
-		Deadline:  ttl, // the publisher turns it into the expiration when it sends
+		Deadline:  deadline,
 		Publishing: amqp.Publishing{
 			ContentType:   c.codec.ContentType(),
 			DeliveryMode:  c.delivery,
 			CorrelationId: id,
 			MessageId:     id,
 			ReplyTo:       c.replyTo,
-			Type:          r.ServiceMethod,
-			Body:          data,
+			Type:          serviceMethod,
+			Body:          body,
 		},
-	}, func(o transport.Outcome) {
-		switch o {
-		case transport.Nacked:
-			c.fail(seq, ErrRefused.Error())
-		case transport.Returned:
-			c.fail(seq, (&noRouteError{key: key}).Error())
-		case transport.Abandoned:
-			if !c.isClosed() { // on Close, net/rpc fails the call with ErrShutdown
-				c.fail(seq, abandonedText)
-			}
+	}
+}
+
+// outcomeError is the error a request's publishing outcome ends its call
+// with, or nil when the call waits on for its reply (Acked) or its deadline
+// ends it (Expired). A returned request names its routing key, or for a
+// broadcast its fanout exchange. After Close it is rpc.ErrShutdown.
+func (c *clientCodec) outcomeError(o transport.Outcome, key, fanout string) error {
+	switch o {
+	case transport.Nacked:
+		return ErrRefused
+	case transport.Returned:
+		return &noRouteError{key: key, fanout: fanout}
+	case transport.Abandoned:
+		if c.isClosed() {
+			return rpc.ErrShutdown
 		}
-	})
-	if err != nil {
-		c.forget(seq)
-		return rpc.ErrShutdown
+		return errors.New(abandonedText)
 	}
 	return nil
 }
