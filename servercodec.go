@@ -50,8 +50,7 @@ type serverCodec struct {
 	closeErr  error
 	lost      error          // set by the reader when deliveries ended on their own
 	inflight  sync.WaitGroup // requests taken and not yet settled
-	gate      sync.RWMutex   // orders next's inflight.Add before Close's Wait
-	gateShut  bool           // set by Close under gate: next takes nothing more
+	gate      sync.RWMutex   // Close stops under it: next's inflight.Add comes before Close's Wait
 
 	limit     int           // of well-formed calls to take; <= 0: no limit
 	count     atomic.Int64  // well-formed calls taken so far (also read by the consumer)
@@ -105,6 +104,16 @@ func (c *serverCodec) remaining() int { return c.limit - int(c.count.Load()) }
 // stop makes next (and ReadRequestHeader) return io.EOF.
 func (c *serverCodec) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }
 
+// stopped reports whether stop was called.
+func (c *serverCodec) stopped() bool {
+	select {
+	case <-c.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
 // next returns the next well-formed request that is not a duplicate. A
 // malformed one is refused (an error reply where it has a reply address, and
 // a reject without requeue); a duplicate waits for, or is acked after, the
@@ -128,10 +137,8 @@ func (c *serverCodec) next() (*request, error) {
 				return nil, io.EOF
 			}
 		}
-		select {
-		case <-c.stopping:
+		if c.stopped() {
 			return nil, io.EOF
-		default:
 		}
 		select {
 		case <-c.stopping:
@@ -147,7 +154,7 @@ func (c *serverCodec) next() (*request, error) {
 				continue
 			}
 			c.gate.RLock()
-			if c.gateShut { // Close is waiting: d goes back with the channel
+			if c.stopped() { // d goes back with the channel
 				c.gate.RUnlock()
 				return nil, io.EOF
 			}
@@ -417,9 +424,8 @@ const closeWait = 30 * time.Second
 // go back to the queue. It is idempotent.
 func (c *serverCodec) Close() error {
 	c.closeOnce.Do(func() {
-		c.stop()
 		c.gate.Lock() // a request being taken is counted before Wait starts
-		c.gateShut = true
+		c.stop()
 		c.gate.Unlock()
 		settled := make(chan struct{})
 		go func() { c.inflight.Wait(); close(settled) }()
