@@ -4,24 +4,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
-)
 
-func url() string {
-	if u := os.Getenv("AMQP_URL"); u != "" {
-		return u
-	}
-	return "amqp://guest:guest@127.0.0.1:5672/"
-}
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+)
 
 // BenchmarkEcho runs every contender at each concurrency and body size;
 // b.N calls are shared among the callers. Besides ns/op (wall time per call
 // at that concurrency) it reports calls/s and the p50/p99 latency.
 func BenchmarkEcho(b *testing.B) {
 	for _, f := range Contenders() {
-		c, err := f.Start(url())
+		c, err := f.Start(brokertest.URL())
 		if err != nil {
 			b.Skip("no broker: ", err)
 		}
