@@ -1,7 +1,6 @@
 package amqprpc
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -101,12 +100,7 @@ func startServer(t testing.TB, ns string, rcvr *rpc.Server, opts ...Option) *Ser
 	t.Helper()
 	s, err := NewServer(brokerURL(), ns, rcvr, opts...)
 	require.NoError(t, err)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		require.NoError(t, s.Close())
-		require.NoError(t, <-served)
-	})
+	serveUntilEnd(t, s.Serve, s.Close)
 	return s
 }
 

@@ -25,4 +25,5 @@ var (
 	queueMessages = brokertest.Messages
 	consumers     = brokertest.Consumers
 	rabbitmqctl   = brokertest.Rabbitmqctl
+	serveUntilEnd = brokertest.Serve
 )

@@ -48,12 +48,7 @@ func startNode(t *testing.T, ns string, n *Node) *fanout.Server {
 	require.NoError(t, rcvr.RegisterName("Node", n))
 	s, err := fanout.NewServer(brokertest.URL(), ns, rcvr)
 	require.NoError(t, err)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		require.NoError(t, s.Close())
-		require.NoError(t, <-served)
-	})
+	brokertest.Serve(t, s.Serve, s.Close)
 	return s
 }
 

@@ -4,6 +4,7 @@
 package brokertest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"flag"
@@ -143,4 +144,16 @@ func Messages(t testing.TB, queue string) int {
 		}
 	}
 	return -1
+}
+
+// Serve runs serve (a server's Serve) on its own goroutine until t ends,
+// then calls stop (its Close) and checks that both returned nil.
+func Serve(t testing.TB, serve func(context.Context) error, stop func() error) {
+	t.Helper()
+	served := make(chan error, 1)
+	go func() { served <- serve(context.Background()) }()
+	t.Cleanup(func() {
+		require.NoError(t, stop())
+		require.NoError(t, <-served)
+	})
 }
