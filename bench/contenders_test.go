@@ -21,8 +21,7 @@ func TestContenders(t *testing.T) {
 	brokertest.Need(t)
 	factories := Contenders()
 	for f := Feature(1); f < AllFeatures; f <<= 1 {
-		factories = append(factories, Factory{Name: "floor without " + f.String(), Short: "floor-" + f.String(),
-			Start: func(url string) (Contender, error) { return StartFloor(url, AllFeatures&^f) }})
+		factories = append(factories, FloorWithout(f))
 	}
 	for _, f := range factories {
 		t.Run(f.Short, func(t *testing.T) {

@@ -101,6 +101,16 @@ func startFloor(url string) (Contender, error) { return StartFloor(url, 0) }
 
 func startFloorLike(url string) (Contender, error) { return StartFloor(url, AllFeatures) }
 
+// FloorWithout is the floor with the same broker features as amqprpc but
+// f, for measuring what f costs.
+func FloorWithout(f Feature) Factory {
+	return Factory{
+		Name:  "floor with the same broker features, without " + f.String(),
+		Short: "floor-" + f.String(),
+		Start: func(url string) (Contender, error) { return StartFloor(url, AllFeatures&^f) },
+	}
+}
+
 // StartFloor starts the hand-written floor, asking the broker for features.
 func StartFloor(url string, features Feature) (Contender, error) {
 	f := &floor{has: features, queue: randomName("bench_floor_"), waiting: make(map[string]chan []byte)}

@@ -11,8 +11,10 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"runtime/pprof"
@@ -24,42 +26,38 @@ import (
 )
 
 func main() {
-	url := flag.String("url", envOr("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "broker URL")
-	duration := flag.Duration("duration", time.Second, "measured time per contender, concurrency, body size and round")
-	warmup := flag.Duration("warmup", 300*time.Millisecond, "unmeasured calls before each measurement")
-	rounds := flag.Int("rounds", 2, "turns each contender takes at each point")
-	concs := flag.String("c", "1,16,64,256", "concurrent callers")
-	sizes := flag.String("body", "16,1024,65536", "body sizes in bytes")
-	only := flag.String("only", "", "run only contenders whose name contains this")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
-	without := flag.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+bench.AllFeatures.String()+", or all)")
-	flag.Parse()
-
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
-		if err != nil {
-			log.Fatal(err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			log.Fatal(err)
-		}
-		defer pprof.StopCPUProfile()
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		log.Fatal(err)
 	}
+}
 
-	type started struct {
-		name, short string
-		c           bench.Contender
+// run is the command: it parses args, runs the comparison and writes the
+// table to out. The contenders it started are closed (deleting what they
+// declared) however it returns.
+func run(args []string, out io.Writer) (err error) {
+	fs := flag.NewFlagSet("amqprpc-bench", flag.ContinueOnError)
+	url := fs.String("url", envOr("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "broker URL")
+	duration := fs.Duration("duration", time.Second, "measured time per contender, concurrency, body size and round")
+	warmup := fs.Duration("warmup", 300*time.Millisecond, "unmeasured calls before each measurement")
+	rounds := fs.Int("rounds", 2, "turns each contender takes at each point")
+	concsFlag := fs.String("c", "1,16,64,256", "concurrent callers")
+	sizesFlag := fs.String("body", "16,1024,65536", "body sizes in bytes")
+	only := fs.String("only", "", "run only contenders whose name contains this")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	without := fs.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+strings.ReplaceAll(bench.AllFeatures.String(), "+", ", ")+"; or all)")
+	if err := fs.Parse(args); err != nil {
+		return err
 	}
-	var contenders []started
-	// closeAll stops the contenders, deleting what they declared, also on
-	// the way out through log.Fatal (which skips deferred calls).
-	closeAll := func() {
-		for _, s := range contenders {
-			if err := s.c.Close(); err != nil {
-				log.Printf("%s: close: %v", s.name, err)
-			}
-		}
-		contenders = nil
+	concs, err := ints(*concsFlag)
+	if err != nil {
+		return err
+	}
+	sizes, err := ints(*sizesFlag)
+	if err != nil {
+		return err
+	}
+	if *rounds < 1 {
+		return fmt.Errorf("-rounds %d: at least 1", *rounds)
 	}
 	factories := bench.Contenders()
 	if *without != "" {
@@ -70,42 +68,59 @@ func main() {
 		for _, name := range names {
 			feature, err := bench.ParseFeature(strings.TrimSpace(name))
 			if err != nil {
-				log.Fatal(err)
+				return err
 			}
-			factories = append(factories, bench.Factory{
-				Name:  "floor with the same broker features, without " + feature.String(),
-				Short: "floor-" + feature.String(),
-				Start: func(url string) (bench.Contender, error) { return bench.StartFloor(url, bench.AllFeatures&^feature) },
-			})
+			factories = append(factories, bench.FloorWithout(feature))
 		}
 	}
+
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	type started struct {
+		name, short string
+		c           bench.Contender
+	}
+	var contenders []started
+	defer func() {
+		for _, s := range contenders {
+			if cerr := s.c.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("%s: close: %w", s.name, cerr))
+			}
+		}
+	}()
 	for _, f := range factories {
 		if *only != "" && !strings.Contains(f.Name, *only) {
 			continue
 		}
 		c, err := f.Start(*url)
 		if err != nil {
-			closeAll()
-			log.Fatalf("%s: %v", f.Name, err)
+			return fmt.Errorf("%s: %w", f.Name, err)
 		}
 		contenders = append(contenders, started{f.Name, f.Short, c})
 	}
-	defer closeAll()
 
-	fmt.Printf("amqprpc-bench: %d round(s) of %v per point, warmup %v, GOMAXPROCS-bound process sharing the machine with the broker\n\n",
+	fmt.Fprintf(out, "amqprpc-bench: %d round(s) of %v per point, warmup %v, GOMAXPROCS-bound process sharing the machine with the broker\n\n",
 		*rounds, *duration, *warmup)
-	fmt.Println("| body | callers | contender | calls/s | × floor | p50 | p99 | CPU/call | broker CPU/call | allocs/call |")
-	fmt.Println("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(out, "| body | callers | contender | calls/s | × floor | p50 | p99 | CPU/call | broker CPU/call | allocs/call |")
+	fmt.Fprintln(out, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 	var summary []string
-	for _, size := range ints(*sizes) {
-		for _, conc := range ints(*concs) {
+	for _, size := range sizes {
+		for _, conc := range concs {
 			sums := make([]bench.Result, len(contenders))
 			for range *rounds {
 				for i, s := range contenders {
 					r, err := bench.Run(s.c, s.name, conc, size, *warmup, *duration)
 					if err != nil {
-						closeAll()
-						log.Fatalf("%s, %d callers, %d B: %v", s.name, conc, size, err)
+						return fmt.Errorf("%s, %d callers, %d B: %w", s.name, conc, size, err)
 					}
 					sums[i] = add(sums[i], r)
 				}
@@ -136,7 +151,7 @@ func main() {
 				if floor.Calls > 0 {
 					ratio = fmt.Sprintf("%.2f", r.CallsPerSecond()/floor.CallsPerSecond())
 				}
-				fmt.Printf("| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %.0f |\n", bytesize(size), conc, r.Contender,
+				fmt.Fprintf(out, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %.0f |\n", bytesize(size), conc, r.Contender,
 					r.CallsPerSecond(), ratio, ms(r.P50), ms(r.P99), us(r.CPUPerCall), brokerUs(r.BrokerCPUPerCall), r.AllocsPerCall)
 				if r.Contender == "amqprpc" && floor.Calls > 0 {
 					switch {
@@ -152,9 +167,10 @@ func main() {
 		}
 	}
 	if len(summary) > 0 {
-		fmt.Println("\nTargets (amqprpc default settings vs the floor, same run):")
-		fmt.Println(strings.Join(summary, "\n"))
+		fmt.Fprintln(out, "\nTargets (amqprpc default settings vs the floor, same run):")
+		fmt.Fprintln(out, strings.Join(summary, "\n"))
 	}
+	return nil
 }
 
 func add(a, b bench.Result) bench.Result {
@@ -186,16 +202,16 @@ func div(r bench.Result, n int) bench.Result {
 	return r
 }
 
-func ints(s string) []int {
+func ints(s string) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil {
-			log.Fatalf("bad number %q", f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad number %q in %q", f, s)
 		}
 		out = append(out, n)
 	}
-	return out
+	return out, nil
 }
 
 func bytesize(n int) string {
