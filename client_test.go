@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/rpc"
+	"runtime"
 	"testing"
 	"time"
 
@@ -238,6 +239,27 @@ func TestTimedOutCallsAreFreed(t *testing.T) {
 	var sum int
 	require.NoError(t, c.Call("Math.SumNumbers", []int{1}, &sum))
 	assert.Equal(t, 0, rpcPending(c.Client))
+}
+
+// Waiting calls cost no goroutine each: 1,000 calls waiting for a server,
+// each with its own deadline, add none to the process; they all complete
+// once a server comes.
+func TestWaitingCallsAddNoGoroutines(t *testing.T) {
+	ns := testNamespace(t)
+	c := dial(t, ns)
+	before := runtime.NumGoroutine()
+	calls := make([]*rpc.Call, 1000)
+	for i := range calls {
+		calls[i] = c.Go("Math.SumNumbers", []int{i}, new(int), nil)
+	}
+	require.Equal(t, len(calls), c.codec.pendingCount())
+	assert.LessOrEqual(t, runtime.NumGoroutine()-before, 2, "goroutines added by 1,000 waiting calls")
+	startServer(t, ns, newRPCServer(t, new(Math)))
+	for i, call := range calls {
+		<-call.Done
+		require.NoError(t, call.Error)
+		assert.Equal(t, i, *call.Reply.(*int))
+	}
 }
 
 func TestClientClose(t *testing.T) {
