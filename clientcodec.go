@@ -122,6 +122,16 @@ func signal(ch chan struct{}) {
 	}
 }
 
+// closed reports whether ch, a channel that is only ever closed, is.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 // WriteRequest publishes one call. net/rpc serialises calls to it. It returns
 // once the request is written to the connection; the broker's confirm is
 // handled later, so a slow confirm never holds up other callers.
@@ -220,14 +230,7 @@ func deliveryMode(persistent bool) uint8 {
 }
 
 // isClosed reports whether Close has begun.
-func (c *clientCodec) isClosed() bool {
-	select {
-	case <-c.closed:
-		return true
-	default:
-		return false
-	}
-}
+func (c *clientCodec) isClosed() bool { return closed(c.closed) }
 
 // take removes seq from the pending calls and returns it, or nil when the
 // call was already completed (replied to, timed out or cancelled).

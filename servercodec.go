@@ -105,14 +105,7 @@ func (c *serverCodec) remaining() int { return c.limit - int(c.count.Load()) }
 func (c *serverCodec) stop() { c.stopOnce.Do(func() { close(c.stopping) }) }
 
 // stopped reports whether stop was called.
-func (c *serverCodec) stopped() bool {
-	select {
-	case <-c.stopping:
-		return true
-	default:
-		return false
-	}
-}
+func (c *serverCodec) stopped() bool { return closed(c.stopping) }
 
 // next returns the next well-formed request that is not a duplicate. A
 // malformed one is refused (an error reply where it has a reply address, and
