@@ -77,3 +77,33 @@ func TestMsgPackRawBytes(t *testing.T) {
 	var out []byte
 	assert.Error(t, codec.MsgPack.Unmarshal([]byte{0xc4, 0x05, 1, 2}, &out), "a short bin is refused")
 }
+
+// BenchmarkUnmarshal decodes the bodies a server decodes most: small
+// struct args and a raw payload.
+func BenchmarkUnmarshal(b *testing.B) {
+	type pair struct{ A, B int }
+	raw := make([]byte, 64<<10)
+	for _, bc := range []struct {
+		name string
+		c    codec.Codec
+		in   any
+		out  func() any
+	}{
+		{"msgpack/args", codec.MsgPack, pair{A: 3, B: 4}, func() any { return new(pair) }},
+		{"msgpack/bytes64k", codec.MsgPack, raw, func() any { return new([]byte) }},
+		{"json/args", codec.JSON, pair{A: 3, B: 4}, func() any { return new(pair) }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			data, err := bc.c.Marshal(bc.in)
+			require.NoError(b, err)
+			out := bc.out()
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.c.Unmarshal(data, out); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -44,6 +44,13 @@ func fuzzSeedValues() []any {
 		time.Unix(1700000000, 42).UTC(),
 		deepArray(maxMsgPackDepth),
 		deepMap(10),
+		// Bodies of the wrong shape for fuzzArgs.
+		nil,
+		[]int{7, 8},
+		map[string]any{"func": "Arith.Add", "args": []int{1, 2}, "kwargs": map[string]any{}},
+		map[string]any{"A": 1, "Kids": []any{map[string]any{"C": 1}, []int{1}, nil}},
+		map[string]any{"Next": map[string]any{"Next": []any{}}},
+		map[string]any{"a": 1, "\u00e9": 2, "name": "x"},
 	}
 }
 
@@ -72,6 +79,11 @@ func FuzzMsgPack(f *testing.F) {
 		if checkErr != nil && !errors.Is(err, ErrMalformed) {
 			t.Fatalf("refused body decoded into a struct: err = %v, want ErrMalformed", err)
 		}
+		if checkErr == nil {
+			checkShapes(t, MsgPack, data, &args, err, func(v any) error { return msgpack.Unmarshal(data, v) })
+		}
+		var byName map[string][]*fuzzArgs // shapes of map values and slice elements
+		_ = MsgPack.Unmarshal(data, &byName)
 		var anyMap map[any]any
 		_ = MsgPack.Unmarshal(data, &anyMap)
 		var list []int
@@ -106,6 +118,30 @@ func FuzzMsgPack(f *testing.F) {
 	})
 }
 
+// checkShapes checks what c's Unmarshal of data into args returned (err)
+// against the library's own decoding, decode: a body refused with ErrShape
+// is one the library decodes; a body accepted encodes back into a body
+// that is accepted too, as whatever Go encodes must be.
+func checkShapes(t *testing.T, c Codec, data []byte, args *fuzzArgs, err error, decode func(any) error) {
+	t.Helper()
+	if errors.Is(err, ErrShape) {
+		if libErr := decode(new(fuzzArgs)); libErr != nil {
+			t.Fatalf("body the library refuses (%v) refused with %v", libErr, err)
+		}
+		return
+	}
+	if err != nil {
+		return
+	}
+	again, err := c.Marshal(args)
+	if err != nil {
+		t.Fatalf("re-encoding %#v: %v", args, err)
+	}
+	if err := c.Unmarshal(again, new(fuzzArgs)); err != nil {
+		t.Fatalf("re-encoded body %q refused: %v", again, err)
+	}
+}
+
 // FuzzJSON decodes arbitrary bytes with JSON: nothing may panic or crash.
 func FuzzJSON(f *testing.F) {
 	for _, v := range fuzzSeedValues() {
@@ -117,7 +153,10 @@ func FuzzJSON(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var args fuzzArgs
-		_ = JSON.Unmarshal(data, &args)
+		err := JSON.Unmarshal(data, &args)
+		checkShapes(t, JSON, data, &args, err, func(v any) error { return json.Unmarshal(data, v) })
+		var byName map[string][]*fuzzArgs // shapes of map values and slice elements
+		_ = JSON.Unmarshal(data, &byName)
 		var list []int
 		_ = JSON.Unmarshal(data, &list)
 		var v any

@@ -4,6 +4,9 @@ import "encoding/json"
 
 // jsonCodec encodes with encoding/json: the most readable body in the
 // RabbitMQ management UI, and the one other languages decode most easily.
+// Unmarshal refuses a body of the wrong shape for v (see the package
+// documentation), with an error wrapping ErrShape: encoding/json would
+// leave v zero.
 type jsonCodec struct{}
 
 func (jsonCodec) ContentType() string { return "application/json" }
@@ -14,5 +17,8 @@ func (jsonCodec) Unmarshal(data []byte, v any) error {
 	if v == nil {
 		return nil
 	}
-	return json.Unmarshal(data, v)
+	if err := json.Unmarshal(data, v); err != nil {
+		return err
+	}
+	return checkJSONShape(data, v)
 }

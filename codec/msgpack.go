@@ -22,6 +22,10 @@ import (
 // with an array key decoded into a map[any]any ("hash of unhashable
 // type"); Unmarshal turns such a panic into an error wrapping ErrMalformed
 // rather than letting a request crash the server.
+//
+// Unmarshal then refuses a body of the wrong shape for v (see the package
+// documentation), with an error wrapping ErrShape: msgpack/v5 would leave
+// v zero, or fill a struct from an array by field position.
 type msgPack struct{}
 
 func (msgPack) ContentType() string { return "application/msgpack" }
@@ -85,7 +89,10 @@ func (msgPack) Unmarshal(data []byte, v any) (err error) {
 			err = fmt.Errorf("%w: msgpack: decoding panicked: %v", ErrMalformed, r)
 		}
 	}()
-	return msgpack.Unmarshal(data, v)
+	if err := msgpack.Unmarshal(data, v); err != nil {
+		return err
+	}
+	return checkMsgPackShape(data, v)
 }
 
 // appendBin appends b to dst as a msgpack bin, as msgpack.Marshal would.

@@ -1,15 +1,6 @@
 package codec
 
-import (
-	"errors"
-	"fmt"
-)
-
-// ErrMalformed is wrapped by the errors a codec returns when it refuses a
-// body before decoding it, because the body is not well-formed or declares
-// sizes or a nesting depth that the decoder could not handle safely. Test
-// for it with errors.Is.
-var ErrMalformed = errors.New("codec: malformed body")
+import "fmt"
 
 // maxMsgPackDepth is the deepest nesting of arrays and maps that
 // checkMsgPack accepts: a container inside maxMsgPackDepth containers is
