@@ -25,6 +25,9 @@ type ConsumerConfig struct {
 	// consumer needs (it may be nil). Its error ends the first attempt; on
 	// later reconnections it is retried.
 	Setup func(*amqp.Channel) error
+	// Cancelled, if set, is called when the broker cancels the consumer
+	// (basic.cancel: its queue was deleted), before it consumes again.
+	Cancelled func()
 	// WaitForQueue makes a missing queue (404 NOT_FOUND) a reason to wait
 	// and look again, every 50 ms at first and then less often, up to every
 	// second, rather than an error.
@@ -171,6 +174,9 @@ func (k *Consumer) run(su *sub) {
 			select {
 			case <-su.closed:
 			case <-su.cancelled: // the broker cancelled us: the queue was deleted
+				if k.cfg.Cancelled != nil {
+					k.cfg.Cancelled()
+				}
 			case <-k.ctx.Done():
 				return
 			}

@@ -24,13 +24,25 @@ const (
 	Returned
 	// Nacked: the broker refused the message.
 	Nacked
-	// Abandoned: the publisher was closed before the broker answered, or
-	// maxTries channels closed while the message was in flight alone. It
-	// may or may not have reached the broker.
+	// Abandoned: the publisher was closed before the broker answered. The
+	// message may or may not have reached the broker.
 	Abandoned
 	// Expired: its Deadline passed before it could be sent.
 	Expired
+	// Failed: maxTries channels closed while the message was in flight
+	// alone: the broker refuses it (too large, say). It may or may not have reached the
+	// broker; sending it again would fail the same way.
+	Failed
 )
+
+var outcomeNames = [...]string{"acked", "returned", "nacked", "abandoned", "expired", "failed"}
+
+func (o Outcome) String() string {
+	if int(o) < len(outcomeNames) {
+		return outcomeNames[o]
+	}
+	return "outcome " + strconv.Itoa(int(o))
+}
 
 // Confirmed receives a message's Outcome. It runs on the publisher's goroutine
 // and must not block.
@@ -143,11 +155,11 @@ func (p *Publisher) open(ctx context.Context) (*link, error) {
 
 // Publish queues m for sending and returns at once; done (which may be nil)
 // later gets the broker's verdict. It returns an error, and done is not
-// called, for a message that cannot be sent at all (invalid headers) and
-// after Close (ErrClosed).
+// called, for a message that cannot be sent at all (see Check: a name over
+// AMQP's limits, invalid headers) and after Close (ErrClosed).
 func (p *Publisher) Publish(m Message, done Confirmed) error {
-	if err := m.Headers.Validate(); err != nil {
-		return fmt.Errorf("amqprpc: publish: %w", err)
+	if err := Check(&m); err != nil {
+		return err
 	}
 	e := &entry{Message: m, done: done}
 	p.mu.Lock()
@@ -192,7 +204,7 @@ func (p *Publisher) run(l *link) {
 			p.log.Warn("amqprpc: giving up on a message that keeps losing its channel",
 				"exchange", e.Exchange, "key", e.Key, "correlation_id", e.CorrelationId, "size", len(e.Body), "tries", e.tries)
 			if e.done != nil {
-				e.done(Abandoned)
+				e.done(Failed)
 			}
 		}
 		_ = l.ch.Close()
@@ -356,12 +368,15 @@ func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
 						}
 						continue
 					}
-					e.Expiration = strconv.FormatInt(left, 10)
+					e.Expiration = strconv.FormatInt(min(left, MaxExpiry), 10)
 				}
 				if err := l.ch.Publish(e.Exchange, e.Key, e.Mandatory, false, e.Publishing); err != nil {
 					// The channel is gone: keep the rest for the next one,
 					// and take the confirms still buffered until the
 					// stream ends.
+					// (A message amqp091-go cannot encode also lands
+					// here, and costs the connection: Publish's Check
+					// keeps those out, and maxTries bounds the rest.)
 					p.mu.Lock()
 					p.queued = append(batch[i:], p.queued...) // may reuse batch's array
 					p.mu.Unlock()
