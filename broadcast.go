@@ -2,6 +2,7 @@ package amqprpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/rpc"
 	"sync"
@@ -68,9 +69,15 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 	deadline, _ := ctx.Deadline()
 	cc := c.codec
 	_, inner := cc.routes.route(serviceMethod, args)
+	if err := transport.CheckName("method name", serviceMethod); err != nil {
+		return nil, err
+	}
 	data, err := cc.codec.Marshal(inner)
 	if err != nil {
 		return nil, fmt.Errorf("amqprpc: encoding args of %s: %w", serviceMethod, err)
+	}
+	if len(data) > cc.maxBody {
+		return nil, fmt.Errorf("%w: args of %s encode to %d bytes, over the limit of %d (WithMaxBodySize)", ErrTooLarge, serviceMethod, len(data), cc.maxBody)
 	}
 
 	g := &gather{ready: make(chan struct{}, 1)}
@@ -90,8 +97,10 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 			g.add(amqp.Delivery{}, err)
 		}
 	})
-	if err != nil {
+	if errors.Is(err, transport.ErrClosed) {
 		return nil, rpc.ErrShutdown
+	} else if err != nil {
+		return nil, err
 	}
 
 	var results []link.Result

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/rpc"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -117,6 +118,15 @@ func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 // reconnection. The codec's Close ends with closeConns.
 func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *options, closeConns func() error) (*clientCodec, error) {
 	queue := n.replyQueue(id)
+	if err := transport.CheckName("reply queue name (namespace and client id)", queue); err != nil {
+		return nil, err
+	}
+	// lost is set when the reply queue may have lost replies: the broker
+	// cancelled the consumer (the queue was deleted), or the queue was
+	// gone when the consumer came back (expired while the client was
+	// away). The codec then publishes its pending calls again.
+	lost := new(atomic.Bool)
+	first := true
 	replies, err := subConn.Consume(context.Background(), transport.ConsumerConfig{
 		Queue:    queue,
 		Prefetch: replyPrefetch,
@@ -124,8 +134,19 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 			if err := n.declareRequestSide(ch); err != nil {
 				return err
 			}
+			if !first && !lost.Load() {
+				if _, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil); err != nil {
+					var ae *amqp.Error
+					if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+						lost.Store(true) // the next channel declares it
+					}
+					return fmt.Errorf("amqprpc: reply queue %s: %w", queue, err)
+				}
+			}
+			first = false
 			return n.declareReplyQueue(ch, queue, id, o.replyExpiry)
 		},
+		Cancelled: func() { lost.Store(true) },
 	})
 	if err != nil {
 		return nil, err
@@ -141,6 +162,7 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		opts:     o,
 		pub:      pub,
 		stream:   replies.Stream(),
+		lost:     lost,
 		release:  joinClose(replies.Close, stopPublisher(pub), closeConns, pub.Close),
 	}), nil
 }
@@ -182,8 +204,12 @@ func (c *Client) Call(serviceMethod string, args, reply any) error {
 // Go invokes serviceMethod asynchronously, as rpc.Client.Go does: the
 // returned Call's Done channel receives it once complete. A nil done gets a
 // new channel; a non-nil one must be buffered (net/rpc panics otherwise).
-// A call without reply within the default call timeout completes with an
-// rpc.ServerError that says it timed out.
+// net/rpc completes Go calls, and passes a failure it did not get from the
+// server only as text: a call that fails locally (no reply within the
+// default call timeout, no route, refused, unreadable reply) completes with
+// an rpc.ServerError whose text begins with "amqprpc: ". Call and
+// CallContext return those failures as error values instead; prefer them
+// where the difference matters.
 func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) *rpc.Call {
 	call, _ := c.start(serviceMethod, args, reply, time.Time{}, done)
 	return call
@@ -207,7 +233,14 @@ func (c *Client) start(serviceMethod string, args, reply any, deadline time.Time
 // once, frees the call, and any late reply is dropped; the request carries
 // ctx's deadline as its AMQP expiration, so it expires in the broker rather
 // than run late. Without a deadline in ctx the default call timeout applies.
-// Remote errors are rpc.ServerError values.
+//
+// Errors the server sent (a handler's error, an unknown method, args it
+// could not read) are rpc.ServerError values. Failures of the client's own
+// are error values that match, with errors.Is: context.DeadlineExceeded
+// (no reply in time), ErrNoRoute, ErrRefused, ErrTooLong, ErrTooLarge,
+// ErrBadReply (with codec.ErrShape or codec.ErrMalformed), or
+// rpc.ErrShutdown once the client is closed. A handler cannot pass off its
+// error as one of them.
 func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, reply any) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -216,7 +249,6 @@ func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, re
 	call, info := c.start(serviceMethod, args, reply, deadline, make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:
-		return callError(call.Error)
 	case <-ctx.Done():
 		if info.sent && c.codec.cancel(info.seq) {
 			return ctx.Err()
@@ -225,26 +257,11 @@ func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, re
 		// went out): wait the moment it takes, so reply is not written to
 		// after we return.
 		<-call.Done
-		return callError(call.Error)
 	}
-}
-
-// callError maps the completions the codec makes up to errors that match
-// context.DeadlineExceeded or ErrRefused.
-func callError(err error) error {
-	se, ok := err.(rpc.ServerError)
-	switch {
-	case !ok:
-		return err
-	case string(se) == timeoutText:
-		return fmt.Errorf("%s: %w", timeoutText, context.DeadlineExceeded)
-	case string(se) == ErrRefused.Error():
-		return ErrRefused
+	if info.err != nil { // set by the codec before net/rpc completed the call
+		return info.err
 	}
-	if nr, ok := parseNoRoute(string(se)); ok {
-		return nr
-	}
-	return err
+	return call.Error
 }
 
 // Dropped returns how many replies the client dropped because they matched

@@ -1,11 +1,13 @@
 package amqprpc
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/rpc"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +27,10 @@ type callInfo struct {
 	deadline time.Time
 	seq      uint64 // set by WriteRequest, with sent
 	sent     bool
+	// err is the call's local failure (timeout, refusal, unreadable
+	// reply), set by the codec before net/rpc completes the call: net/rpc
+	// can only pass it on as text, which a handler could imitate.
+	err error
 }
 
 // clientCodec is the rpc.ClientCodec behind Client; see NewClientCodec.
@@ -33,6 +39,7 @@ type clientCodec struct {
 	replyTo  string // the client id
 	prefix   string // of every correlation id: random, ends in "."
 	codec    codec.Codec
+	maxBody  int // of requests sent and replies read, in bytes
 	timeout  time.Duration
 	delivery uint8 // delivery mode of requests: transient or persistent
 	log      *slog.Logger
@@ -78,6 +85,12 @@ type clientCodec struct {
 	ackTimer     *time.Timer // fires when they are due
 
 	dropped atomic.Uint64 // replies dropped: unknown ids, duplicates, unreadable
+
+	// queueLost is set when the reply queue may have lost replies: the
+	// broker cancelled its consumer (the queue was deleted) or it was gone
+	// when the consumer came back. The reader then publishes every pending
+	// call again once it consumes the new queue.
+	queueLost *atomic.Bool
 }
 
 type clientCodecConfig struct {
@@ -86,6 +99,7 @@ type clientCodecConfig struct {
 	opts     *options
 	pub      *transport.Publisher
 	stream   *transport.Stream
+	lost     *atomic.Bool // see clientCodec.queueLost
 	release  func() error
 }
 
@@ -97,16 +111,21 @@ func newClientCodec(cfg clientCodecConfig) *clientCodec {
 		gatherPrefix: randomHex(6) + ".",
 		gathers:      make(map[uint64]*gather),
 		codec:        cfg.opts.codec,
+		maxBody:      cfg.opts.maxBody,
 		timeout:      cfg.opts.callTimeout,
 		delivery:     deliveryMode(cfg.opts.persistent),
 		log:          cfg.opts.logger,
 		pub:          cfg.pub,
 		stream:       cfg.stream,
+		queueLost:    cfg.lost,
 		release:      cfg.release,
 		synthReady:   make(chan struct{}, 1),
 		timerReset:   make(chan struct{}, 1),
 		closed:       make(chan struct{}),
 		pending:      make(map[uint64]*pendingCall),
+	}
+	if c.queueLost == nil {
+		c.queueLost = new(atomic.Bool)
 	}
 	c.ackTimer = time.NewTimer(time.Hour)
 	c.ackTimer.Stop()
@@ -135,23 +154,38 @@ func closed(ch <-chan struct{}) bool {
 // WriteRequest publishes one call. net/rpc serialises calls to it. It returns
 // once the request is written to the connection; the broker's confirm is
 // handled later, so a slow confirm never holds up other callers.
+//
+// A call that cannot be sent fails at once, and alone, with the error
+// WriteRequest returns (net/rpc completes the call with it as it is): a
+// method name or routing key over AMQP's limits (ErrTooLong), args that do
+// not encode, or encode larger than the limit (ErrTooLarge).
 func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
-	p := &pendingCall{seq: r.Seq}
+	p := &pendingCall{seq: r.Seq, method: r.ServiceMethod}
 	args := body
 	var ttl time.Time
 	if info := c.next; info != nil {
 		c.next = nil
-		p.reply, ttl = info.reply, info.deadline
-		info.seq, info.sent = r.Seq, true
+		p.info, p.reply, ttl = info, info.reply, info.deadline
 	}
 	if ttl.IsZero() && c.timeout > 0 {
 		ttl = time.Now().Add(c.timeout)
 		p.deadline = ttl
 	}
+	p.ttl = ttl
 	key, args := c.routes.route(r.ServiceMethod, args)
+	if err := checkCall(r.ServiceMethod, key); err != nil {
+		return err
+	}
 	data, err := c.codec.Marshal(args)
 	if err != nil {
 		return fmt.Errorf("amqprpc: encoding args of %s: %w", r.ServiceMethod, err)
+	}
+	if len(data) > c.maxBody {
+		return fmt.Errorf("%w: args of %s encode to %d bytes, over the limit of %d (WithMaxBodySize)", ErrTooLarge, r.ServiceMethod, len(data), c.maxBody)
+	}
+	p.key, p.body = key, data
+	if p.info != nil {
+		p.info.seq, p.info.sent = r.Seq, true
 	}
 
 	c.mu.Lock()
@@ -164,19 +198,55 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 	}
 	c.mu.Unlock()
 
-	id := correlationID(c.prefix, r.Seq)
-	seq := r.Seq
-	err = c.pub.Publish(c.request(key, id, r.ServiceMethod, data, ttl), func(o transport.Outcome) {
-		// On Close (ErrShutdown) net/rpc fails the call itself.
-		if err := c.outcomeError(o, key, ""); err != nil && err != rpc.ErrShutdown {
-			c.fail(seq, err.Error())
+	if err := c.publish(p); err != nil {
+		c.forget(r.Seq)
+		if errors.Is(err, transport.ErrClosed) {
+			return rpc.ErrShutdown
 		}
-	})
-	if err != nil {
-		c.forget(seq)
-		return rpc.ErrShutdown
+		return err
 	}
 	return nil
+}
+
+// checkCall returns an error wrapping ErrTooLong when a call's method name
+// or routing key does not fit an AMQP short string.
+func checkCall(serviceMethod, key string) error {
+	if err := transport.CheckName("method name", serviceMethod); err != nil {
+		return err
+	}
+	return transport.CheckName("routing key", key)
+}
+
+// publish sends pending call p's request; its outcome may end the call.
+func (c *clientCodec) publish(p *pendingCall) error {
+	seq, key := p.seq, p.key
+	msg := c.request(key, correlationID(c.prefix, seq), p.method, p.body, p.ttl)
+	return c.pub.Publish(msg, func(o transport.Outcome) {
+		// On Close (ErrShutdown) net/rpc fails the call itself.
+		if err := c.outcomeError(o, key, ""); err != nil && err != rpc.ErrShutdown {
+			c.fail(seq, err)
+		}
+	})
+}
+
+// republish sends every pending call's request again, after the reply
+// queue was lost with any replies in it. A server that answered one
+// already answers the copy from its reply cache (see dedupe); replies that
+// do arrive twice are dropped.
+func (c *clientCodec) republish() {
+	c.mu.Lock()
+	calls := make([]*pendingCall, 0, len(c.pending))
+	for _, p := range c.pending {
+		calls = append(calls, p)
+	}
+	c.mu.Unlock()
+	slices.SortFunc(calls, func(a, b *pendingCall) int { return cmp.Compare(a.seq, b.seq) })
+	c.log.Warn("amqprpc: the reply queue was lost; publishing the pending calls again", "calls", len(calls))
+	for _, p := range calls {
+		if err := c.publish(p); err != nil {
+			return // closed
+		}
+	}
 }
 
 // request is the message that carries a call, direct (key) or broadcast.
@@ -211,11 +281,10 @@ func (c *clientCodec) outcomeError(o transport.Outcome, key, fanout string) erro
 		return ErrRefused
 	case transport.Returned:
 		return &noRouteError{key: key, fanout: fanout}
+	case transport.Failed:
+		return errAbandoned
 	case transport.Abandoned:
-		if c.isClosed() {
-			return rpc.ErrShutdown
-		}
-		return errors.New(abandonedText)
+		return rpc.ErrShutdown // the publisher stops only with Close
 	}
 	return nil
 }
@@ -252,14 +321,14 @@ func (c *clientCodec) takeLocked(seq uint64) *pendingCall {
 // forget drops a call whose request was never sent.
 func (c *clientCodec) forget(seq uint64) { c.take(seq) }
 
-// fail completes seq with an error made up by the codec, if it is still
-// pending; it reports whether it did. net/rpc receives the completion through
-// the next ReadResponseHeader and frees the call.
-func (c *clientCodec) fail(seq uint64, text string) bool {
+// fail completes seq with a local failure, if it is still pending; it
+// reports whether it did. net/rpc receives the completion through the next
+// ReadResponseHeader and frees the call.
+func (c *clientCodec) fail(seq uint64, err error) bool {
 	c.mu.Lock()
 	p := c.takeLocked(seq)
 	if p != nil {
-		c.synth = append(c.synth, rpc.Response{Seq: seq, Error: text})
+		c.failLocked(p, err)
 	}
 	c.mu.Unlock()
 	if p != nil {
@@ -268,8 +337,16 @@ func (c *clientCodec) fail(seq uint64, text string) bool {
 	return p != nil
 }
 
+// failLocked queues the completion of p, taken from pending, with err.
+func (c *clientCodec) failLocked(p *pendingCall, err error) {
+	if p.info != nil {
+		p.info.err = err
+	}
+	c.synth = append(c.synth, rpc.Response{Seq: p.seq, Error: err.Error()})
+}
+
 // cancel fails a call whose caller gave up; see CallContext.
-func (c *clientCodec) cancel(seq uint64) bool { return c.fail(seq, canceledText) }
+func (c *clientCodec) cancel(seq uint64) bool { return c.fail(seq, errCanceled) }
 
 // expire is the codec's one timeout goroutine: it fails the calls at the head
 // of the timeout list as their deadline passes.
@@ -283,7 +360,7 @@ func (c *clientCodec) expire() {
 		var expired int
 		for p := c.timeouts.head; p != nil && !p.deadline.After(now); p = c.timeouts.head {
 			c.takeLocked(p.seq)
-			c.synth = append(c.synth, rpc.Response{Seq: p.seq, Error: timeoutText})
+			c.failLocked(p, errTimedOut)
 			expired++
 		}
 		wait := time.Hour
@@ -352,6 +429,9 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 			c.flushAcks()
 		case <-c.stream.Next():
 			c.stream.Switch()
+			if c.queueLost.Swap(false) {
+				c.republish()
+			}
 		case <-c.stream.Ended():
 			return io.EOF
 		case <-c.synthReady:
@@ -430,6 +510,13 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 	*r = rpc.Response{ServiceMethod: d.Type, Seq: seq}
 	if text, isErr := remoteError(d); isErr {
 		r.Error = text
+		if code, _ := d.Headers[headerErrorCode].(string); code == codeNoRoute && p.info != nil {
+			// The server put the request back for another server, and
+			// found its queue gone (see ErrIgnoreRequest).
+			if err, ok := parseNoRoute(text); ok {
+				p.info.err = err
+			}
+		}
 		return true
 	}
 	if p.reply == nil { // a plain net/rpc caller: decode in ReadResponseBody
@@ -443,28 +530,40 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 	}
 	if err := c.decodeReply(d, p.reply); err != nil {
 		r.Error = err.Error()
+		if p.info != nil {
+			p.info.err = err
+		}
 	}
 	return true
 }
 
-// remoteError returns the error text a reply carries, if it carries one.
+// remoteError returns the error text a reply carries, if it carries one:
+// an error header that is a non-empty string, or bytes (what pika sends
+// for a Python bytes value). An error header that is empty or null (void)
+// means success, as its absence does.
 func remoteError(d *amqp.Delivery) (string, bool) {
-	e, isErr := d.Headers[headerError]
-	if !isErr {
-		return "", false
+	var text string
+	switch e := d.Headers[headerError].(type) {
+	case nil:
+	case string:
+		text = e
+	case []byte:
+		text = string(e)
+	default:
+		text = fmt.Sprint(e)
 	}
-	text, _ := e.(string)
-	if text == "" {
-		text = "amqprpc: remote error without text"
-	}
-	return text, true
+	return text, text != ""
 }
 
-// replyCodec is the codec that decodes reply d.
+// replyCodec is the codec that decodes reply d, which must be within the
+// body size limit.
 func (c *clientCodec) replyCodec(d *amqp.Delivery) (codec.Codec, error) {
+	if len(d.Body) > c.maxBody {
+		return nil, fmt.Errorf("%w: %w: reply of %d bytes, over the limit of %d (WithMaxBodySize)", ErrBadReply, ErrTooLarge, len(d.Body), c.maxBody)
+	}
 	cd, ok := decoderFor(d.ContentType, c.codec)
 	if !ok {
-		return nil, fmt.Errorf("amqprpc: reply has unknown content type %q", d.ContentType)
+		return nil, fmt.Errorf("%w: unknown content type %q", ErrBadReply, d.ContentType)
 	}
 	return cd, nil
 }
@@ -476,7 +575,7 @@ func (c *clientCodec) decodeReply(d *amqp.Delivery, reply any) error {
 		return err
 	}
 	if err := cd.Unmarshal(d.Body, reply); err != nil {
-		return fmt.Errorf("amqprpc: decoding reply: %w", err)
+		return fmt.Errorf("%w: %w", ErrBadReply, err)
 	}
 	return nil
 }

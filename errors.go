@@ -1,8 +1,12 @@
 package amqprpc
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/rpc"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
 // Errors of this package. Compare with errors.Is. Calls on a closed client
@@ -35,23 +39,43 @@ var (
 	// request as received: a []byte argument shares its memory, so change
 	// it in place only if you answer.
 	ErrIgnoreRequest = errors.New("amqprpc: request ignored")
-	// ErrRefused means the broker refused to take a request (a negative
-	// publisher confirm); the call was not run.
+	// ErrRefused means the broker refused to take a request: a negative
+	// publisher confirm (a queue full with overflow reject-publish, say),
+	// in which case the call was not run, or a channel the broker closed
+	// again and again while the request was in flight alone (larger than
+	// its max_message_size, say), in which case it may have run.
 	ErrRefused = errors.New("amqprpc: broker refused the request")
+	// ErrTooLong means a name or property does not fit AMQP: a method
+	// name, routing key, queue name, client id or header key over 255
+	// bytes (AMQP 0-9-1 §4.2.5.3 short strings), or a time to live over
+	// RabbitMQ's 2^32-1 ms. Nothing was sent: amqp091-go would close the
+	// connection, and every call sharing it, over such a frame.
+	ErrTooLong = transport.ErrTooLong
+	// ErrTooLarge means a body is larger than the limit set with
+	// WithMaxBodySize: a client's request (not sent), or a reply the
+	// client received (not decoded). A server answers a request over its
+	// limit with an error reply, and replaces a reply over it with one.
+	ErrTooLarge = errors.New("amqprpc: body exceeds the size limit")
+	// ErrBadReply means a reply arrived but could not be read: an unknown
+	// content type, a body that does not decode, or one of the wrong shape
+	// for the reply value (see codec.ErrShape). The call may have run.
+	ErrBadReply = errors.New("amqprpc: unreadable reply")
 )
 
 // ErrShutdown is rpc.ErrShutdown, returned by calls on a closed client.
 var ErrShutdown = rpc.ErrShutdown
 
-// Texts of the errors the client itself puts in calls that net/rpc completes
-// with an [rpc.ServerError]: Go calls that time out, that were canceled, or
-// whose request the broker kept closing the channel over (too large for
-// it, say: it may or may not have run).
-const (
-	timeoutText   = "amqprpc: call timed out"
-	canceledText  = "amqprpc: call canceled"
-	abandonedText = "amqprpc: request given up: the broker closed the channel on it again and again (too large?)"
+// Local failures: the client itself ends these calls. Call and CallContext
+// return them as they are; a Go call, which net/rpc completes, carries only
+// their text, in an [rpc.ServerError].
+var (
+	errTimedOut  = fmt.Errorf("amqprpc: call timed out: %w", context.DeadlineExceeded)
+	errCanceled  = fmt.Errorf("amqprpc: call canceled: %w", context.Canceled)
+	errAbandoned = fmt.Errorf("%w: request given up: the broker closed the channel on it again and again (too large?)", ErrRefused)
 )
+
+// The text of a Go call that timed out.
+const timeoutText = "amqprpc: call timed out: context deadline exceeded"
 
 // errConsumerEnded is Serve's error when the broker or the network ended the
 // request consumer.

@@ -119,6 +119,16 @@ func TestHostileIgnoreCount(t *testing.T) {
 		assert.Equal(t, id, d.CorrelationId)
 		assert.Contains(t, d.Headers["error"], "no server took the request", "count %d", n)
 	}
+	// A count of any integer type counts (amqplib sends the smallest type
+	// that fits): 9 earlier ignores make this the last.
+	for i, n := range []any{int8(9), uint8(9), int16(9), int64(9)} {
+		id := fmt.Sprint("typed", i)
+		p.send(amqp.Publishing{Type: "Picky.Take", ReplyTo: "rawpeer", CorrelationId: id, MessageId: id,
+			ContentType: "application/json", Body: []byte(`"x"`), Headers: amqp.Table{headerIgnored: n}})
+		d := p.reply()
+		assert.Equal(t, id, d.CorrelationId)
+		assert.Equal(t, "amqprpc: no server took the request: ignored 10 times", d.Headers["error"], "%T", n)
+	}
 	// The server is none the worse for it.
 	p.send(amqp.Publishing{Type: "Picky2.Take", ReplyTo: "rawpeer", CorrelationId: "ok", MessageId: "ok",
 		ContentType: "application/json", Body: []byte(`"x"`)})

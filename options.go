@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/amqprpc/amqprpc/codec"
+	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
 // Option configures a [Client] or a [Server]. Options that only make sense
@@ -27,6 +28,7 @@ type options struct {
 	connName    string
 	fanout      bool // set by package fanout through internal/link
 	dedupe      time.Duration
+	replyCache  int
 	persistent  bool
 }
 
@@ -38,6 +40,7 @@ const (
 	DefaultHeartbeat   = 10 * time.Second
 	DefaultMaxBodySize = 4 << 20
 	DefaultDedupWindow = time.Minute
+	DefaultReplyCache  = 16 << 20
 )
 
 func newOptions(opts []Option) (*options, error) {
@@ -50,6 +53,7 @@ func newOptions(opts []Option) (*options, error) {
 		heartbeat:   DefaultHeartbeat,
 		maxBody:     DefaultMaxBodySize,
 		dedupe:      DefaultDedupWindow,
+		replyCache:  DefaultReplyCache,
 	}
 	for _, opt := range opts {
 		if opt == nil {
@@ -107,7 +111,9 @@ func WithLogger(l *slog.Logger) Option {
 // random hex characters, new for every Dial. Two live clients must never
 // share an id (each would take, and drop, the other's replies); reuse an id
 // only to pick up a reply queue a previous process left behind. An empty id
-// means the default.
+// means the default. An id over 100 bytes is an error, and so is, at Dial,
+// one that makes the reply queue's name longer than AMQP's 255 bytes
+// (matching [ErrTooLong]).
 func WithClientID(id string) Option {
 	return func(o *options) error {
 		if len(id) > 100 {
@@ -121,11 +127,15 @@ func WithClientID(id string) Option {
 // WithReplyQueueExpiry sets how long the broker keeps a client's reply queue
 // once nobody consumes it (the queue's x-expires). It must outlast any
 // network outage the client should survive. Default: 5 minutes
-// ([DefaultReplyExpiry]). Values under one second are an error.
+// ([DefaultReplyExpiry]). Values under one second, or over RabbitMQ's
+// 2^32-1 ms (about 49 days; matches [ErrTooLong]), are an error.
 func WithReplyQueueExpiry(d time.Duration) Option {
 	return func(o *options) error {
 		if d < time.Second {
 			return fmt.Errorf("amqprpc: WithReplyQueueExpiry(%v): must be at least 1s", d)
+		}
+		if err := transport.CheckExpiry("WithReplyQueueExpiry", d); err != nil {
+			return err
 		}
 		o.replyExpiry = d
 		return nil
@@ -170,9 +180,16 @@ func WithHeartbeat(d time.Duration) Option {
 	}
 }
 
-// WithMaxBodySize sets the largest request body a server decodes; larger
-// requests are refused with an error reply. Default: 4 MiB
-// ([DefaultMaxBodySize]). Zero or negative is an error.
+// WithMaxBodySize sets the largest message body, in bytes, on both sides
+// of a call. A server refuses a larger request with an error reply,
+// without decoding it, and replaces a reply that encodes larger with an
+// error reply: the handler has run by then, so keep replies that may grow
+// (lists, say) well within the limit or page them. A client fails a call
+// whose args encode larger with [ErrTooLarge] before sending it, and one
+// whose reply is larger with [ErrBadReply] and [ErrTooLarge], without
+// decoding it. Set the same limit on clients and servers. Default: 4 MiB
+// ([DefaultMaxBodySize]), well under RabbitMQ's max_message_size (16 MiB
+// on 4.x); zero or negative is an error.
 func WithMaxBodySize(n int) Option {
 	return func(o *options) error {
 		if n <= 0 {
@@ -194,8 +211,11 @@ func WithConnectionName(name string) Option {
 
 // WithDedupWindow sets how long a server remembers the calls it answered, so
 // that a request it receives again (redelivered after a lost connection, or
-// published again by a client that lost the broker's confirm) is acked
-// without running its handler twice. A duplicate that arrives while its
+// published again by a client that lost the broker's confirm or its reply
+// queue) is answered again without running its handler twice (see
+// [WithReplyCache]). A call is known by its reply_to, message_id,
+// correlation_id, type, content_type and body: a request without
+// message_id is never taken for a duplicate. A duplicate that arrives while its
 // original still runs waits for the original's reply. Each remembered call
 // costs about 20 bytes, for one to two windows. Duplicates that reach
 // another server process, or come after a server restart, still run again
@@ -207,6 +227,25 @@ func WithDedupWindow(d time.Duration) Option {
 			return fmt.Errorf("amqprpc: WithDedupWindow(%v): negative", d)
 		}
 		o.dedupe = d
+		return nil
+	}
+}
+
+// WithReplyCache sets how many bytes of replies a server keeps, for its
+// dedupe window ([WithDedupWindow]), to answer a duplicate of an answered
+// call again: a client whose reply queue was lost publishes its pending
+// calls again, and must get the replies that were lost with the queue
+// without running the calls twice. The most recent replies are kept; a
+// reply larger than a quarter of n is not. A duplicate whose reply is not
+// kept is answered with an error saying that the call ran already.
+// Default: 16 MiB ([DefaultReplyCache]) per server. Zero keeps no replies;
+// negative is an error.
+func WithReplyCache(n int) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("amqprpc: WithReplyCache(%d): negative", n)
+		}
+		o.replyCache = n
 		return nil
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
 // QueueOption configures a request queue made by Client.CreateRequestQueue.
@@ -20,12 +22,17 @@ type queueOptions struct {
 // WithQueueExpiry makes the broker delete the queue once it has had no
 // consumer for d (the queue's x-expires), so that queues of users who went
 // away do not pile up. Default: the queue lives until DeleteRequestQueue.
-// Values under one millisecond are an error. Re-creating an existing queue
+// Values under one millisecond or over RabbitMQ's 2^32-1 ms (about 49
+// days; a larger x-expires fails the declaration) are an error; the latter
+// matches [ErrTooLong]. Re-creating an existing queue
 // with another expiry fails (the broker refuses changed arguments).
 func WithQueueExpiry(d time.Duration) QueueOption {
 	return func(o *queueOptions) error {
 		if d < time.Millisecond {
 			return fmt.Errorf("amqprpc: WithQueueExpiry(%v): must be at least 1ms", d)
+		}
+		if err := transport.CheckExpiry("WithQueueExpiry", d); err != nil {
+			return err
 		}
 		o.expiry = d
 		return nil
@@ -34,9 +41,19 @@ func WithQueueExpiry(d time.Duration) QueueOption {
 
 // WithQueueRoutingKey binds the queue with key instead of its name, as
 // amphora's create_new_request_queue(label, routing_key) does. Default: the
-// queue's name.
+// queue's name. The empty key, which the main request queue is bound
+// with, is an error, and so is a key over 255 bytes (matching
+// [ErrTooLong]).
 func WithQueueRoutingKey(key string) QueueOption {
 	return func(o *queueOptions) error {
+		if key == "" {
+			// The main request queue's key: the queue would get a copy
+			// of every call, run twice.
+			return errors.New(`amqprpc: WithQueueRoutingKey(""): the empty key is the main request queue's`)
+		}
+		if err := transport.CheckName("routing key", key); err != nil {
+			return err
+		}
 		o.key = &key
 		return nil
 	}
@@ -47,10 +64,11 @@ func (n names) extraQueue(name string) (string, error) {
 	if name == "" {
 		return "", errors.New("amqprpc: empty queue name")
 	}
-	if len(name) > 200 {
-		return "", errors.New("amqprpc: queue name longer than 200 bytes")
+	q := n.queuePrefix + name
+	if err := transport.CheckName("queue name", q); err != nil {
+		return "", err
 	}
-	return n.queuePrefix + name, nil
+	return q, nil
 }
 
 // CreateRequestQueue declares the durable request queue

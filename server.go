@@ -74,7 +74,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 	}
 	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, active: make(map[*serverCodec]bool)}
 	s.closing, s.stopClosing = context.WithCancel(context.Background())
-	s.seen = newDedupe(o.dedupe)
+	s.seen = newDedupe(o.dedupe, o.replyCache)
 	s.queue, s.setup = n.requestQueue, n.declareRequestSide
 	if n.fanout { // a queue of its own, so that it gets every broadcast
 		id := randomHex(8)
@@ -294,7 +294,7 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 		_ = tc.Close()
 		return nil, err
 	}
-	c := newServerCodec(serverCodecConfig{names: n, opts: o, pub: pub, acker: acker, seen: newDedupe(o.dedupe)})
+	c := newServerCodec(serverCodecConfig{names: n, opts: o, pub: pub, acker: acker, seen: newDedupe(o.dedupe, o.replyCache)})
 	c.attach(k)
 	c.release = joinClose(k.Close, stopPublisher(pub), tc.Close, pub.Close)
 	return c, nil

@@ -1,14 +1,17 @@
 package amqprpc
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/rpc"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -181,11 +184,12 @@ func (c *serverCodec) admit(req *request) bool {
 	if req.key = c.seen.key(req); req.key == 0 {
 		return true
 	}
-	switch c.seen.begin(req.key, req) {
+	verdict, r := c.seen.begin(req.key, req)
+	switch verdict {
 	case answered:
-		c.log.Debug("amqprpc: acked a duplicate of an answered request", "correlation_id", req.d.CorrelationId)
+		c.log.Debug("amqprpc: answering a duplicate of an answered request again", "correlation_id", req.d.CorrelationId, "kept", r != nil)
 		req.key = 0
-		c.settle(req, transport.Acked)
+		c.answerAgain(req, r)
 		return false
 	case parked:
 		c.log.Debug("amqprpc: a duplicate waits for its original", "correlation_id", req.d.CorrelationId)
@@ -223,10 +227,20 @@ func (c *serverCodec) refuse(req *request, reason string) {
 	req.bad = true
 	req.answered.Store(true)
 	if req.d.ReplyTo == "" || req.d.CorrelationId == "" {
-		c.settle(req, transport.Abandoned)
+		c.settle(req, transport.Acked, nil) // rejected: bad
 		return
 	}
-	_ = c.publishReply(req, "amqprpc: "+reason, nil)
+	_ = c.publishReply(req, &reply{errText: "amqprpc: " + reason})
+}
+
+// answerAgain answers req, a duplicate of a call answered already, with
+// the reply kept for that call, or, if it was not kept, with an error that
+// says so; req is acked once that is confirmed.
+func (c *serverCodec) answerAgain(req *request, r *reply) {
+	if r == nil {
+		r = &reply{errText: "amqprpc: the call ran already, and its reply is no longer kept (a duplicate of an answered request)"}
+	}
+	_ = c.publishReply(req, r)
 }
 
 // decode decodes req's args into body; a nil body (net/rpc found no such
@@ -264,16 +278,35 @@ func (c *serverCodec) respond(req *request, errText string, body any) error {
 		return nil
 	}
 	if errText != "" {
-		return c.publishReply(req, errText, nil)
+		return c.publishReply(req, &reply{errText: truncateError(errText)})
 	}
 	data, err := marshal(req.codec, body)
 	switch {
 	case err != nil:
-		return c.publishReply(req, "amqprpc: encoding reply: "+err.Error(), nil)
+		return c.publishReply(req, &reply{errText: truncateError("amqprpc: encoding reply: " + err.Error())})
 	case len(data) > c.maxBody:
-		return c.publishReply(req, fmt.Sprintf("amqprpc: reply of %d bytes exceeds the limit of %d", len(data), c.maxBody), nil)
+		return c.publishReply(req, &reply{errText: fmt.Sprintf("amqprpc: reply of %d bytes exceeds the limit of %d (WithMaxBodySize)", len(data), c.maxBody)})
 	}
-	return c.publishReply(req, "", data)
+	return c.publishReply(req, &reply{body: data})
+}
+
+// maxErrorText is the longest error text a reply carries, in bytes: it
+// travels in a header, and all headers must fit one frame (see
+// transport.MaxHeaderFrame).
+const maxErrorText = 16 << 10
+
+// truncateError cuts text to maxErrorText bytes, on a UTF-8 boundary, and
+// says so.
+func truncateError(text string) string {
+	if len(text) <= maxErrorText {
+		return text
+	}
+	const mark = " … (truncated)"
+	cut := maxErrorText - len(mark)
+	for cut > 0 && !utf8.RuneStart(text[cut]) {
+		cut--
+	}
+	return text[:cut] + mark
 }
 
 // marshal encodes body with cd; a panic in user encoding code (a
@@ -287,28 +320,34 @@ func marshal(cd codec.Codec, body any) (data []byte, err error) {
 	return cd.Marshal(body)
 }
 
-// publishReply sends the reply (errText or body) of req and settles req once
-// the broker confirms it.
-func (c *serverCodec) publishReply(req *request, errText string, body []byte) error {
+// publishReply sends r, the reply of req, and settles req once the broker
+// confirms it.
+func (c *serverCodec) publishReply(req *request, r *reply) error {
 	msg := amqp.Publishing{
 		CorrelationId: req.d.CorrelationId,
 		Type:          req.d.Type,
 		DeliveryMode:  req.d.DeliveryMode, // persistent requests get persistent replies
-		Body:          body,
+		Body:          r.body,
 	}
 	if req.codec != nil { // nil: the request's content type was unknown
 		msg.ContentType = req.codec.ContentType()
 	}
-	if errText != "" {
-		msg.Headers = amqp.Table{headerError: errText}
+	if r.errText != "" {
+		msg.Headers = amqp.Table{headerError: r.errText}
+		if r.code != "" {
+			msg.Headers[headerErrorCode] = r.code
+		}
 	}
 	// Replies only ever go to this namespace's response exchange: reply_to
 	// is a routing key there, whatever it says. A reply is worth no more
 	// than its request: it expires with it.
 	err := c.pub.Publish(transport.Message{Exchange: c.responseExchange, Key: req.d.ReplyTo, Deadline: req.deadline, Publishing: msg},
-		func(o transport.Outcome) { c.settle(req, o) })
-	if err != nil {
-		c.settle(req, transport.Abandoned)
+		func(o transport.Outcome) { c.settle(req, o, r) })
+	switch {
+	case errors.Is(err, transport.ErrTooLong):
+		c.settle(req, transport.Failed, r) // it would fail the same way again
+	case err != nil:
+		c.settle(req, transport.Abandoned, r) // closed: the request goes back
 	}
 	return err
 }
@@ -321,18 +360,17 @@ func (c *serverCodec) publishReply(req *request, errText string, body []byte) er
 // with an error instead.
 func (c *serverCodec) ignore(req *request) {
 	if c.names.fanout { // ignored broadcasts are acked, not put back
-		c.settle(req, transport.Acked)
+		c.settle(req, transport.Acked, nil)
 		return
 	}
-	n, _ := req.d.Headers[headerIgnored].(int32)
-	n = max(n, 0) // the header is the client's to forge
+	n := ignoredCount(req.d.Headers[headerIgnored])
 	if int(n)+1 >= ignoreLimit {
-		_ = c.publishReply(req, fmt.Sprintf("amqprpc: no server took the request: ignored %d times", n+1), nil)
+		_ = c.publishReply(req, &reply{errText: fmt.Sprintf("amqprpc: no server took the request: ignored %d times", n+1)})
 		return
 	}
-	// The copy has the same message id: forget the call, or it would
-	// look like a duplicate.
-	c.forget(req, false)
+	// The copy is the same call: forget it, or it would look like a
+	// duplicate.
+	c.forget(req, false, nil)
 	d := &req.d
 	headers := amqp.Table{}
 	for k, v := range d.Headers {
@@ -349,41 +387,74 @@ func (c *serverCodec) ignore(req *request) {
 		// so now rather than at its deadline.
 		err := c.pub.Publish(transport.Message{Exchange: d.Exchange, Key: d.RoutingKey, Mandatory: true, Deadline: req.deadline, Publishing: again},
 			func(o transport.Outcome) {
-				if o == transport.Returned {
-					_ = c.publishReply(req, (&noRouteError{key: d.RoutingKey}).Error(), nil)
-					return
+				switch o {
+				case transport.Returned:
+					_ = c.publishReply(req, &reply{errText: (&noRouteError{key: d.RoutingKey}).Error(), code: codeNoRoute})
+				case transport.Nacked, transport.Failed:
+					// Settling would requeue it, to be ignored again
+					// without end: the caller hears now instead.
+					_ = c.publishReply(req, &reply{errText: "amqprpc: an ignored request could not be put back: the broker refused it (" + o.String() + ")"})
+				default:
+					c.settle(req, o, nil)
 				}
-				c.settle(req, o)
 			})
 		if err != nil {
-			c.settle(req, transport.Abandoned)
+			c.settle(req, transport.Abandoned, nil)
 		}
 	})
 }
 
-// settle acks req once its reply is confirmed, or expired unsent (nobody
-// waits for it any more), and rejects it if it was malformed; otherwise
-// (refused, abandoned) it requeues the request for another try. Duplicates
-// parked behind it are settled alike. A delivery from a channel lost since
-// cannot be settled: the broker has requeued it already.
-func (c *serverCodec) settle(req *request, o transport.Outcome) {
-	done := req.bad || o == transport.Acked || o == transport.Expired
-	c.release1(&req.d, req.bad, done)
-	c.forget(req, done)
+// ignoredCount reads the x-amqprpc-ignored header, of whatever integer
+// type the sender chose (amqplib picks the smallest that fits), clamped
+// to 0..ignoreLimit: the header is the client's to forge.
+func ignoredCount(v any) int32 {
+	var n int64
+	switch rv := reflect.ValueOf(v); {
+	case rv.CanInt():
+		n = rv.Int()
+	case rv.CanUint():
+		n = int64(min(rv.Uint(), ignoreLimit))
+	}
+	return int32(min(max(n, 0), ignoreLimit))
+}
+
+// settle settles req by the outcome o of its reply r (nil: none was
+// sent). It acks req once r is confirmed, or expired unsent (nobody waits
+// for it any more), and rejects it if it was malformed. If the broker
+// refused r for good (a reply queue full with overflow reject-publish,
+// say), req is rejected without requeue, to its queue's dead-letter
+// exchange if it has one: requeued, it would run again and again. If the
+// publisher was closed first (the server is closing), req is requeued for
+// another server. Duplicates parked behind req are answered with r, or
+// requeued with it. A delivery from a channel lost since cannot be
+// settled: the broker has requeued it already.
+func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
+	answered, reject := true, req.bad
+	switch o {
+	case transport.Acked, transport.Expired:
+	case transport.Abandoned:
+		answered = false
+	default:
+		reject = true
+		c.log.Warn("amqprpc: the broker refused a reply; its request is rejected, not run again",
+			"outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
+	}
+	c.release1(&req.d, reject, answered)
+	c.forget(req, answered, r)
 	c.inflight.Done()
 }
 
-// release1 settles one delivery with the broker: rejected if malformed,
-// acked if done (through the Acker, which may merge it with others), else
-// requeued. A delivery from a channel lost since cannot be settled: the
-// broker has requeued it already.
-func (c *serverCodec) release1(d *amqp.Delivery, bad, done bool) {
-	if done && !bad {
+// release1 settles one delivery with the broker: rejected without requeue
+// if reject, acked if done (through the Acker, which may merge it with
+// others), else requeued. A delivery from a channel lost since cannot be
+// settled: the broker has requeued it already.
+func (c *serverCodec) release1(d *amqp.Delivery, reject, done bool) {
+	if done && !reject {
 		c.acker.Ack(d)
 		return
 	}
 	var err error
-	if bad {
+	if reject {
 		err = d.Reject(false)
 	} else {
 		err = d.Nack(false, true)
@@ -395,14 +466,19 @@ func (c *serverCodec) release1(d *amqp.Delivery, bad, done bool) {
 	}
 }
 
-// forget ends req's entry in the dedupe and settles the duplicates parked
-// behind it: acked if req's reply is with the broker (done), requeued if not.
-func (c *serverCodec) forget(req *request, done bool) {
+// forget ends req's entry in the dedupe, keeping r if answered, and
+// settles the duplicates parked behind it: answered again with r if req
+// was answered, requeued if not.
+func (c *serverCodec) forget(req *request, answered bool, r *reply) {
 	if req.key == 0 {
 		return
 	}
-	for _, dup := range c.seen.finish(req.key, done) {
-		c.release1(&dup.d, false, done)
+	for _, dup := range c.seen.finish(req.key, answered, r) {
+		if answered {
+			dup.owner.answerAgain(dup, r)
+			continue
+		}
+		c.release1(&dup.d, false, false)
 		dup.owner.inflight.Done()
 	}
 	req.key = 0

@@ -5,7 +5,13 @@ import "time"
 // pendingCall is a call the client codec has sent and not yet completed.
 type pendingCall struct {
 	seq   uint64
-	reply any // decoded into while reading the header; nil: in ReadResponseBody
+	info  *callInfo // nil for plain net/rpc users
+	reply any       // decoded into while reading the header; nil: in ReadResponseBody
+
+	// The request, kept to publish it again if the reply queue is lost.
+	method, key string
+	body        []byte
+	ttl         time.Time // its deadline; zero: none
 
 	// deadline is set for calls that nobody else watches (Go, and plain
 	// net/rpc users of NewClientCodec): the codec itself fails them when it

@@ -158,3 +158,44 @@ func TestCallWhileDisconnected(t *testing.T) {
 	assert.Equal(t, "waited", reply)
 	assert.Equal(t, map[string]int{"before": 1, "waited": 1}, ledger.counts(), "the expired call never ran")
 }
+
+// A client away long enough for its reply queue to expire finds it gone
+// when it reconnects: it declares it again and publishes its pending calls
+// again, and the server answers the copy from its reply cache (the reply
+// it sent meanwhile found no queue), without running the handler twice.
+func TestReplyQueueExpiredWhileAway(t *testing.T) {
+	ns := testNamespace(t)
+	g := newGate()
+	startServer(t, ns, newRPCServer(t, g))
+	proxy, viaProxy := faultyLink(t)
+	logOpt, log := loggedTo()
+	c, err := Dial(viaProxy, ns, WithReplyQueueExpiry(time.Second), logOpt)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	queue := "rpc_" + ns + "_" + c.ID() + "_response"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var r string
+	done := make(chan error, 1)
+	go func() { done <- c.CallContext(ctx, "Gate.Wait", "x", &r) }()
+	<-g.entered
+	proxy.Stop()
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(g.release)
+		}
+	})
+	// rabbitmqctl, not a passive declare: that would count as a use and
+	// keep the queue.
+	require.Eventually(t, func() bool { return queueMessages(t, queue) == -1 }, 10*time.Second, 100*time.Millisecond,
+		"the reply queue expired")
+	close(g.release) // its reply finds no queue
+	released = true
+	time.Sleep(200 * time.Millisecond)
+	require.NoError(t, proxy.Start())
+	require.NoError(t, <-done)
+	assert.Equal(t, "done x", r)
+	assert.Equal(t, int32(1), g.ran.Load(), "the handler ran once")
+	assert.Contains(t, log.String(), "reply queue was lost")
+}

@@ -3,6 +3,7 @@ package amqprpc
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"mime"
 	"strconv"
 	"strings"
 
@@ -20,6 +21,16 @@ import (
 //	headers[error]  on replies, the error text of a failed call
 //	body            args, or reply; empty on error replies
 const headerError = "error"
+
+// Error replies that the server itself makes, rather than a handler, say
+// what they are in headerErrorCode, which a handler cannot set: a client
+// then returns the matching error value, not the text.
+const (
+	headerErrorCode = "x-amqprpc-error-code"
+	// codeNoRoute: a request put back after ErrIgnoreRequest found its
+	// queue gone; the text is a noRouteError's.
+	codeNoRoute = "no_route"
+)
 
 // randomHex returns n random bytes from crypto/rand as 2n hex characters.
 func randomHex(n int) string {
@@ -53,14 +64,43 @@ func parseCorrelationID(prefix, id string) (seq uint64, ok bool) {
 // when it is own: encoding/gob is not safe on hostile input (a 60-byte body
 // can make it allocate without bound), so a server does not accept it from
 // strangers unless told to.
+//
+// ct is a MIME media type (RFC 2045, as mime.ParseMediaType reads it): the
+// type is matched without regard to case or parameters, so that
+// "application/json; charset=utf-8" is JSON; a charset other than UTF-8 is
+// refused. "application/x-msgpack" is msgpack too.
 func decoderFor(ct string, own codec.Codec) (codec.Codec, bool) {
-	switch {
+	switch { // the usual case, without parsing
 	case own != nil && own.ContentType() == ct:
 		return own, true
-	case ct == codec.MsgPack.ContentType():
+	case ct == msgpackType:
 		return codec.MsgPack, true
-	case ct == codec.JSON.ContentType():
+	case ct == jsonType:
+		return codec.JSON, true
+	}
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return nil, false
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") && !strings.EqualFold(cs, "utf8") {
+		return nil, false
+	}
+	if own != nil {
+		if ot, _, err := mime.ParseMediaType(own.ContentType()); err == nil && ot == mt {
+			return own, true
+		}
+	}
+	switch mt {
+	case msgpackType, "application/x-msgpack", "application/vnd.msgpack":
+		return codec.MsgPack, true
+	case jsonType:
 		return codec.JSON, true
 	}
 	return nil, false
 }
+
+// The content types of the codecs every client and server reads.
+var (
+	msgpackType = codec.MsgPack.ContentType()
+	jsonType    = codec.JSON.ContentType()
+)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/rpc"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -210,4 +211,22 @@ func TestNamespaceConflict(t *testing.T) {
 	_, err = amqprpc.NewServer(brokertest.URL(), ns2, nil)
 	require.ErrorIs(t, err, amqprpc.ErrNamespaceConflict)
 	assert.Contains(t, err.Error(), "fanout")
+}
+
+// A broadcast whose method name is over AMQP's 255 bytes, or whose args
+// are over the body limit, fails at once and sends nothing; the next
+// broadcast works.
+func TestCallAllOverLimits(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	startNode(t, ns, &Node{name: "a"})
+	c := dial(t, ns, amqprpc.WithMaxBodySize(1024))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.CallAll(ctx, "Node."+strings.Repeat("P", 300), "x", newString, 1)
+	require.ErrorIs(t, err, amqprpc.ErrTooLong)
+	_, err = c.CallAll(ctx, "Node.Ping", strings.Repeat("x", 2048), newString, 1)
+	require.ErrorIs(t, err, amqprpc.ErrTooLarge)
+	results, err := c.CallAll(ctx, "Node.Ping", "x", newString, 1)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a:x"}, replies(results))
 }
