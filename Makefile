@@ -30,6 +30,7 @@ lint:
 # -p 1: the fault tests restart the broker and cut every connection, which
 # must not hit another package's tests running at the same time.
 test: broker lint
+	@bash scripts/interop.sh
 	AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
 	@$(MAKE) --no-print-directory fuzz
 
