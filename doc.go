@@ -76,6 +76,28 @@
 //	headers         -                               error: the error text, if any
 //	body            args                            reply (empty on error)
 //
+// PROTOCOL.md in the repository specifies the format for programs in other
+// languages, with Python and Node examples that call and serve amqprpc
+// namespaces. content_type is a MIME media type: parameters such as
+// charset=utf-8 are accepted. An error header that is a non-empty string or
+// byte array means failure; absent, empty or null means success.
+//
+// # Limits and bad input
+//
+// Names and properties travel as AMQP short strings of at most 255 bytes
+// (AMQP 0-9-1 §4.2.5.3): a call whose method name or routing key is longer,
+// a queue name, routing key or client id that would make one longer, fail
+// at once with [ErrTooLong] and send nothing, because amqp091-go closes the
+// whole connection, and every call on it, over a frame it cannot encode.
+// Bodies are limited on both sides ([WithMaxBodySize], 4 MiB). A body of
+// the wrong shape for the value it decodes into (a map that shares no field
+// with the struct, an array where a struct is expected, null where the
+// type cannot be nil) is refused, on requests before the handler runs and
+// on replies with [ErrBadReply]; unknown extra fields are accepted, so
+// either side may add fields. A reply the broker refuses (its queue full
+// with overflow reject-publish, say) rejects its request, to the
+// dead-letter exchange if the queue has one, instead of running it again.
+//
 // # Codecs
 //
 // A [codec.Codec] encodes bodies; msgpack is the default ([WithCodec]). A
@@ -98,7 +120,11 @@
 // server. A server remembers the calls it answered recently
 // ([WithDedupWindow]): a request it sees again, redelivered after a lost
 // connection or published again by a client that lost the broker's
-// confirm, is acked without running twice. A duplicate that reaches another
+// confirm or its reply queue, is answered again with the reply kept from
+// the first run ([WithReplyCache]) without running twice. A call is known
+// by its reply_to, message_id, correlation_id, type, content_type and
+// body together, so two different calls are never taken for one. A
+// duplicate that reaches another
 // server process, or a restarted one, does run again: delivery is
 // at-least-once, and handlers should tolerate that. A malformed request is
 // answered with an error where it has a reply address and rejected without
@@ -116,11 +142,15 @@
 // # Errors
 //
 // A handler's error crosses the wire as text and reaches the caller as an
-// [rpc.ServerError], as in net/rpc; so does an unknown method. Calls on a
-// closed client fail with [rpc.ErrShutdown]. Call and CallContext time-outs
-// match context.DeadlineExceeded with errors.Is; a Go call that times out
-// completes with an rpc.ServerError that says so. Broker errors are wrapped,
-// so errors.As(err, new(*amqp.Error)) works.
+// [rpc.ServerError], as in net/rpc; so does an unknown method, or args the
+// server could not read. Failures of the client's own are other error
+// values, which a handler's text cannot imitate: Call and CallContext
+// time-outs match context.DeadlineExceeded with errors.Is, and the others
+// match [ErrNoRoute], [ErrRefused], [ErrTooLong], [ErrTooLarge] or
+// [ErrBadReply]. Calls on a closed client fail with [rpc.ErrShutdown]. A Go
+// call, which net/rpc completes, gets those failures as an rpc.ServerError
+// with their text. Broker errors are wrapped, so errors.As(err,
+// new(*amqp.Error)) works.
 //
 // # Shutdown and connections
 //
@@ -139,6 +169,8 @@
 // not confirmed are published again, and calls made meanwhile wait for the
 // connection up to their deadline. Replies wait in the client's durable reply
 // queue. A request whose server lost its connection mid-call is redelivered
-// and may run again. Codecs made with NewClientCodec and NewServerCodec on a
+// and may run again. A client whose reply queue is deleted, or expired
+// while it was away, declares it again and publishes its pending calls
+// again. Codecs made with NewClientCodec and NewServerCodec on a
 // connection of your own do not reconnect.
 package amqprpc
