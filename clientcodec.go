@@ -243,8 +243,11 @@ func (c *clientCodec) republish() {
 	slices.SortFunc(calls, func(a, b *pendingCall) int { return cmp.Compare(a.seq, b.seq) })
 	c.log.Warn("amqprpc: the reply queue was lost; publishing the pending calls again", "calls", len(calls))
 	for _, p := range calls {
-		if err := c.publish(p); err != nil {
-			return // closed
+		switch err := c.publish(p); {
+		case errors.Is(err, transport.ErrClosed):
+			return // net/rpc fails them all with ErrShutdown
+		case err != nil:
+			c.fail(p.seq, err)
 		}
 	}
 }
@@ -540,7 +543,9 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 // remoteError returns the error text a reply carries, if it carries one:
 // an error header that is a non-empty string, or bytes (what pika sends
 // for a Python bytes value). An error header that is empty or null (void)
-// means success, as its absence does.
+// means success, as its absence does. Any other type (a number, a bool)
+// is a failure whose text is its printed value; PROTOCOL.md asks servers
+// for strings.
 func remoteError(d *amqp.Delivery) (string, bool) {
 	var text string
 	switch e := d.Headers[headerError].(type) {

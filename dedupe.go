@@ -39,6 +39,7 @@ type reply struct {
 	errText string // the error text; empty for a success
 	code    string // headerErrorCode's value, for errors of the server's own
 	body    []byte // the encoded reply, of a success
+	refusal bool   // the error sent when the broker refused the reply
 
 	key uint64 // in the dedupe, once kept
 	gen uint64 // the window it was kept in

@@ -171,6 +171,8 @@
 // queue. A request whose server lost its connection mid-call is redelivered
 // and may run again. A client whose reply queue is deleted, or expired
 // while it was away, declares it again and publishes its pending calls
-// again. Codecs made with NewClientCodec and NewServerCodec on a
+// again (not its broadcasts: CallAll gathers what still arrives); a server
+// that ran one answers the copy from its reply cache, another server runs
+// it. Codecs made with NewClientCodec and NewServerCodec on a
 // connection of your own do not reconnect.
 package amqprpc

@@ -199,7 +199,7 @@ func TestReplyTheBrokerRefuses(t *testing.T) {
 		"every request settled")
 	time.Sleep(500 * time.Millisecond) // a loop would go on meanwhile
 	assert.Equal(t, int32(4), echo.ran.Load(), "each handler ran once")
-	assert.Equal(t, 3, strings.Count(log.String(), "the broker refused a reply"), "one reply fits the queue")
+	assert.Equal(t, 3, strings.Count(log.String(), "the request is rejected"), "one reply fits the queue")
 }
 
 // Deleter deletes a queue, then answers: the reply is published while
@@ -455,4 +455,37 @@ func TestWrongShapedRepliesAreRefused(t *testing.T) {
 		assert.NotErrorAs(t, err, new(rpc.ServerError), tc.body)
 	}
 	assert.Equal(t, 5, tot.C)
+}
+
+// Big answers with a reply larger than the broker takes.
+type Big struct{ ran atomic.Int32 }
+
+func (b *Big) Reply(n int, reply *string) error {
+	b.ran.Add(1)
+	*reply = strings.Repeat("b", n)
+	return nil
+}
+
+// A reply the broker closes the channel over (larger than its
+// max_message_size) is given up, and the caller gets a short error
+// saying so instead of waiting for its deadline; the handler ran once.
+func TestReplyTooLargeForTheBroker(t *testing.T) {
+	ns := testNamespace(t)
+	maxMessageSize(t, 4096)
+	big := new(Big)
+	startServer(t, ns, newRPCServer(t, big))
+	c := dial(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	start := time.Now()
+	var r string
+	err := c.CallContext(ctx, "Big.Reply", 8192, &r)
+	var se rpc.ServerError
+	require.ErrorAs(t, err, &se)
+	assert.Contains(t, string(se), "the broker refused the reply (failed)")
+	assert.Less(t, time.Since(start), 30*time.Second, "before the 45 s deadline")
+	t.Logf("refused reply reported after %v", time.Since(start))
+	require.NoError(t, c.CallContext(ctx, "Big.Reply", 10, &r))
+	assert.Equal(t, int32(2), big.ran.Load(), "each ran once")
+	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
 }

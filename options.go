@@ -234,10 +234,13 @@ func WithDedupWindow(d time.Duration) Option {
 // WithReplyCache sets how many bytes of replies a server keeps, for its
 // dedupe window ([WithDedupWindow]), to answer a duplicate of an answered
 // call again: a client whose reply queue was lost publishes its pending
-// calls again, and must get the replies that were lost with the queue
-// without running the calls twice. The most recent replies are kept; a
-// reply larger than a quarter of n is not. A duplicate whose reply is not
-// kept is answered with an error saying that the call ran already.
+// calls again, and should get the replies that were lost with the queue
+// without running the calls twice. That holds where the copy reaches the
+// server process that ran the call, within its dedupe window; elsewhere
+// the call runs again (at-least-once). The most recent replies are kept;
+// a reply larger than a quarter of n is not. A duplicate whose reply is
+// not kept is answered with an error saying that the call ran already. A
+// fanout server answers no duplicate: CallAll would count it twice.
 // Default: 16 MiB ([DefaultReplyCache]) per server. Zero keeps no replies;
 // negative is an error.
 func WithReplyCache(n int) Option {

@@ -112,8 +112,8 @@ func (c *serverCodec) stopped() bool { return closed(c.stopping) }
 
 // next returns the next well-formed request that is not a duplicate. A
 // malformed one is refused (an error reply where it has a reply address, and
-// a reject without requeue); a duplicate waits for, or is acked after, the
-// run of its original. It blocks until a request arrives, stop is called
+// a reject without requeue); a duplicate waits for, or is answered again
+// after, the run of its original (see answerAgain). It blocks until a request arrives, stop is called
 // (io.EOF), the limit is reached (io.EOF) or the consumer ends for good
 // (io.EOF, with lost set).
 func (c *serverCodec) next() (*request, error) {
@@ -176,25 +176,29 @@ func (c *serverCodec) next() (*request, error) {
 }
 
 // admit checks req against the calls the server has run recently; false
-// means req is a duplicate, already acked or parked behind its original.
+// means req is a duplicate, already answered again or parked behind its
+// original.
 func (c *serverCodec) admit(req *request) bool {
 	if c.seen == nil {
 		return true
 	}
-	if req.key = c.seen.key(req); req.key == 0 {
+	key := c.seen.key(req)
+	if key == 0 {
 		return true
 	}
-	verdict, r := c.seen.begin(req.key, req)
+	// Only the original holds the key: the entry is its to end (forget),
+	// and a parked duplicate may be settled as soon as begin returns.
+	verdict, r := c.seen.begin(key, req)
 	switch verdict {
 	case answered:
 		c.log.Debug("amqprpc: answering a duplicate of an answered request again", "correlation_id", req.d.CorrelationId, "kept", r != nil)
-		req.key = 0
 		c.answerAgain(req, r)
 		return false
 	case parked:
 		c.log.Debug("amqprpc: a duplicate waits for its original", "correlation_id", req.d.CorrelationId)
 		return false
 	}
+	req.key = key
 	return true
 }
 
@@ -235,8 +239,14 @@ func (c *serverCodec) refuse(req *request, reason string) {
 
 // answerAgain answers req, a duplicate of a call answered already, with
 // the reply kept for that call, or, if it was not kept, with an error that
-// says so; req is acked once that is confirmed.
+// says so; req is acked once that is confirmed. A fanout server acks it
+// without a reply, as it did the original if it ignored it: CallAll counts
+// replies per server, and a second one would count twice.
 func (c *serverCodec) answerAgain(req *request, r *reply) {
+	if c.names.fanout {
+		c.settle(req, transport.Acked, nil)
+		return
+	}
 	if r == nil {
 		r = &reply{errText: "amqprpc: the call ran already, and its reply is no longer kept (a duplicate of an answered request)"}
 	}
@@ -267,7 +277,7 @@ func (c *serverCodec) decode(req *request, body any) error {
 // respond publishes req's reply (errText, or body encoded in the request's
 // codec) to the response exchange, routed by the request's reply_to. It
 // does not wait for the broker: the request is acked once the reply is
-// confirmed (or requeued if the broker refuses it), so a crash before that
+// confirmed (see settle for the other outcomes), so a crash before that
 // loses nothing. Only its first call per request does anything.
 func (c *serverCodec) respond(req *request, errText string, body any) error {
 	if !req.answered.CompareAndSwap(false, true) {
@@ -398,8 +408,13 @@ func (c *serverCodec) ignore(req *request) {
 					c.settle(req, o, nil)
 				}
 			})
-		if err != nil {
-			c.settle(req, transport.Abandoned, nil)
+		switch {
+		case errors.Is(err, transport.ErrClosed):
+			c.settle(req, transport.Abandoned, nil) // back to the queue, for another server
+		case err != nil:
+			// A header the copy cannot carry: requeued, it would be
+			// ignored again without end.
+			_ = c.publishReply(req, &reply{errText: truncateError("amqprpc: an ignored request could not be put back: " + err.Error())})
 		}
 	})
 }
@@ -421,11 +436,12 @@ func ignoredCount(v any) int32 {
 // settle settles req by the outcome o of its reply r (nil: none was
 // sent). It acks req once r is confirmed, or expired unsent (nobody waits
 // for it any more), and rejects it if it was malformed. If the broker
-// refused r for good (a reply queue full with overflow reject-publish,
-// say), req is rejected without requeue, to its queue's dead-letter
-// exchange if it has one: requeued, it would run again and again. If the
-// publisher was closed first (the server is closing), req is requeued for
-// another server. Duplicates parked behind req are answered with r, or
+// refused r for good (a reply queue full with overflow reject-publish, a
+// reply over its max_message_size), req is rejected without requeue, to
+// its queue's dead-letter exchange if it has one: requeued, it would run
+// again and again. The caller is first sent a short error reply saying so,
+// which may get through where r did not. If the publisher was closed first
+// (the server is closing), req is requeued for another server. Duplicates parked behind req are answered with r, or
 // requeued with it. A delivery from a channel lost since cannot be
 // settled: the broker has requeued it already.
 func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
@@ -435,9 +451,16 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 	case transport.Abandoned:
 		answered = false
 	default:
-		reject = true
-		c.log.Warn("amqprpc: the broker refused a reply; its request is rejected, not run again",
+		if r != nil && !r.refusal {
+			c.log.Warn("amqprpc: the broker refused a reply; sending the caller an error instead",
+				"outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
+			// publishReply settles req again by this one's outcome.
+			_ = c.publishReply(req, &reply{errText: "amqprpc: the broker refused the reply (" + o.String() + ")", refusal: true})
+			return
+		}
+		c.log.Warn("amqprpc: the broker refused a reply; the request is rejected, not run again",
 			"outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
+		reject, r = true, nil // nothing worth sending again
 	}
 	c.release1(&req.d, reject, answered)
 	c.forget(req, answered, r)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -229,4 +230,39 @@ func TestCallAllOverLimits(t *testing.T) {
 	results, err := c.CallAll(ctx, "Node.Ping", "x", newString, 1)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"a:x"}, replies(results))
+}
+
+// A broadcast seen twice by a fanout server (redelivered, or published
+// again) is answered once: CallAll counts replies per server, and a
+// second reply, or an error for a broadcast the server ignored, would
+// count twice.
+func TestDuplicateBroadcastAnsweredOnce(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	answers, ignores := &Node{name: "a"}, &Node{name: "b", ignore: true}
+	startNode(t, ns, answers)
+	startNode(t, ns, ignores)
+	ch := brokertest.Channel(t)
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	require.NoError(t, err)
+	require.NoError(t, ch.QueueBind(q.Name, "rawpeer", "rpc_"+ns+"_response", false, nil))
+	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	require.NoError(t, err)
+	msg := amqp.Publishing{Type: "Node.Ping", ReplyTo: "rawpeer", CorrelationId: "b1", MessageId: "b1",
+		ContentType: "application/json", Body: []byte(`"x"`)}
+	for range 3 {
+		require.NoError(t, ch.Publish("rpc_"+ns+"_request", "", false, false, msg))
+	}
+	select {
+	case d := <-replies:
+		assert.Equal(t, `"a:x"`, string(d.Body))
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reply")
+	}
+	select {
+	case d := <-replies:
+		t.Fatalf("a second reply: %s %v", d.Body, d.Headers)
+	case <-time.After(500 * time.Millisecond):
+	}
+	assert.Equal(t, int32(1), answers.ran.Load())
+	assert.Equal(t, int32(1), ignores.ran.Load())
 }

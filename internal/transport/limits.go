@@ -94,8 +94,9 @@ func Check(m *Message) error {
 	return nil
 }
 
-// maxTableDepth bounds the nesting of header tables Check walks.
-const maxTableDepth = 16
+// maxTableDepth bounds the nesting of header tables Check walks: as deep
+// as amqp091-go reads them, so that headers received can be sent again.
+const maxTableDepth = 32
 
 // tableSize is an upper bound of the encoded size of t (AMQP 0-9-1 §4.2.5.5,
 // as amqp091-go writes it), and an error for a key that is too long.

@@ -184,7 +184,7 @@ func (p *Publisher) run(l *link) {
 	for {
 		opened := time.Now()
 		unconfirmed := p.serve(l)
-		if len(unconfirmed) == 1 && unconfirmed[0].suspect {
+		if len(unconfirmed) == 1 && unconfirmed[0].suspect && p.ctx.Err() == nil { // our own Close is no refusal
 			unconfirmed[0].tries++
 		}
 		var failed []*entry
