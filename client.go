@@ -204,12 +204,10 @@ func (c *Client) Call(serviceMethod string, args, reply any) error {
 // Go invokes serviceMethod asynchronously, as rpc.Client.Go does: the
 // returned Call's Done channel receives it once complete. A nil done gets a
 // new channel; a non-nil one must be buffered (net/rpc panics otherwise).
-// net/rpc completes Go calls, and passes a failure it did not get from the
-// server only as text: a call that fails locally (no reply within the
-// default call timeout, no route, refused, unreadable reply) completes with
-// an rpc.ServerError whose text begins with "amqprpc: ". Call and
-// CallContext return those failures as error values instead; prefer them
-// where the difference matters.
+// The completed Call's Error is as CallContext's error would be, except
+// that no context can end it: an rpc.ServerError from the server, or a
+// failure of the client's own (context.DeadlineExceeded after the default
+// call timeout, ErrNoRoute, ErrRefused, ErrBadReply, ...).
 func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) *rpc.Call {
 	call, _ := c.start(serviceMethod, args, reply, time.Time{}, done)
 	return call
@@ -225,7 +223,11 @@ func (c *Client) start(serviceMethod string, args, reply any, deadline time.Time
 	defer c.sendMu.Unlock()
 	c.codec.next = info
 	defer func() { c.codec.next = nil }() // also if a Tune function panics
-	return c.Client.Go(serviceMethod, args, reply, done), info
+	call := c.Client.Go(serviceMethod, args, reply, done)
+	if info.sent {
+		c.codec.attach(info, call)
+	}
+	return call, info
 }
 
 // CallContext invokes serviceMethod and waits for its reply or for ctx to
@@ -258,10 +260,7 @@ func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, re
 		// after we return.
 		<-call.Done
 	}
-	if info.err != nil { // set by the codec before net/rpc completed the call
-		return info.err
-	}
-	return call.Error
+	return call.Error // a local failure is an error value (see callInfo)
 }
 
 // Dropped returns how many replies the client dropped because they matched

@@ -204,7 +204,8 @@ func TestDefaultCallTimeout(t *testing.T) {
 
 	call := c.Go("Math.SumNumbers", []int{1}, &sum, nil)
 	<-call.Done
-	assert.Equal(t, rpc.ServerError(timeoutText), call.Error)
+	require.ErrorIs(t, call.Error, context.DeadlineExceeded)
+	assert.NotErrorAs(t, call.Error, new(rpc.ServerError))
 	assert.Equal(t, 0, c.codec.pendingCount())
 }
 

@@ -28,9 +28,14 @@ type callInfo struct {
 	seq      uint64 // set by WriteRequest, with sent
 	sent     bool
 	// err is the call's local failure (timeout, refusal, unreadable
-	// reply), set by the codec before net/rpc completes the call: net/rpc
-	// can only pass it on as text, which a handler could imitate.
-	err error
+	// reply), which net/rpc could only pass on as text that a handler
+	// could imitate. The codec puts it in call.Error itself, under mu,
+	// and has net/rpc complete the call as a success (whose empty body it
+	// leaves as it is); until Client has attached call (after net/rpc's Go
+	// returned), a failure is deferred to attach.
+	err      error
+	call     *rpc.Call
+	deferred bool
 }
 
 // clientCodec is the rpc.ClientCodec behind Client; see NewClientCodec.
@@ -55,7 +60,9 @@ type clientCodec struct {
 	wg         sync.WaitGroup // the timeout goroutine
 
 	mu sync.Mutex
-	// protects pending, timeouts and synth
+	// protects pending, timeouts, synth, eof, and the err, call and
+	// deferred of every callInfo
+	eof      bool // the reader returned io.EOF: net/rpc fails what is left itself
 	pending  map[uint64]*pendingCall
 	timeouts timeoutList
 	synth    []rpc.Response // completions made up by the codec, to be read next
@@ -330,22 +337,44 @@ func (c *clientCodec) forget(seq uint64) { c.take(seq) }
 func (c *clientCodec) fail(seq uint64, err error) bool {
 	c.mu.Lock()
 	p := c.takeLocked(seq)
-	if p != nil {
-		c.failLocked(p, err)
-	}
+	queued := p != nil && c.failLocked(p, err)
 	c.mu.Unlock()
-	if p != nil {
+	if queued {
 		signal(c.synthReady)
 	}
 	return p != nil
 }
 
-// failLocked queues the completion of p, taken from pending, with err.
-func (c *clientCodec) failLocked(p *pendingCall, err error) {
-	if p.info != nil {
-		p.info.err = err
+// failLocked queues the completion of p, taken from pending, with err. A
+// call made through Client gets err itself, as its Error (see callInfo);
+// only plain net/rpc users get its text. It reports whether a completion
+// was queued now.
+func (c *clientCodec) failLocked(p *pendingCall, err error) bool {
+	text := err.Error()
+	if info := p.info; info != nil {
+		info.err = err
+		if info.call == nil {
+			info.deferred = true
+			return false
+		}
+		if !c.eof { // after EOF net/rpc writes call.Error itself
+			info.call.Error, text = err, ""
+		}
 	}
-	c.synth = append(c.synth, rpc.Response{Seq: p.seq, Error: err.Error()})
+	c.synth = append(c.synth, rpc.Response{Seq: p.seq, Error: text})
+	return true
+}
+
+// attach tells the codec the rpc.Call of a call made through Client, once
+// net/rpc's Go has returned it, and delivers a failure that came first.
+func (c *clientCodec) attach(info *callInfo, call *rpc.Call) {
+	c.mu.Lock()
+	info.call = call
+	queued := info.deferred && c.failLocked(&pendingCall{seq: info.seq, info: info}, info.err)
+	c.mu.Unlock()
+	if queued {
+		signal(c.synthReady)
+	}
 }
 
 // cancel fails a call whose caller gave up; see CallContext.
@@ -363,8 +392,9 @@ func (c *clientCodec) expire() {
 		var expired int
 		for p := c.timeouts.head; p != nil && !p.deadline.After(now); p = c.timeouts.head {
 			c.takeLocked(p.seq)
-			c.failLocked(p, errTimedOut)
-			expired++
+			if c.failLocked(p, errTimedOut) {
+				expired++
+			}
 		}
 		wait := time.Hour
 		if h := c.timeouts.head; h != nil {
@@ -436,13 +466,22 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 				c.republish()
 			}
 		case <-c.stream.Ended():
-			return io.EOF
+			return c.end()
 		case <-c.synthReady:
 		case <-c.closed:
 			c.flushAcks()
-			return io.EOF
+			return c.end()
 		}
 	}
+}
+
+// end records that the reader is done: net/rpc fails every call left with
+// rpc.ErrShutdown, and failLocked leaves their Error to it.
+func (c *clientCodec) end() error {
+	c.mu.Lock()
+	c.eof = true
+	c.mu.Unlock()
+	return io.EOF
 }
 
 // Replies are acked together, with one multiple ack for up to
@@ -513,11 +552,11 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 	*r = rpc.Response{ServiceMethod: d.Type, Seq: seq}
 	if text, isErr := remoteError(d); isErr {
 		r.Error = text
-		if code, _ := d.Headers[headerErrorCode].(string); code == codeNoRoute && p.info != nil {
+		if code, _ := d.Headers[headerErrorCode].(string); code == codeNoRoute {
 			// The server put the request back for another server, and
 			// found its queue gone (see ErrIgnoreRequest).
 			if err, ok := parseNoRoute(text); ok {
-				p.info.err = err
+				return c.failReply(p, r, err)
 			}
 		}
 		return true
@@ -532,12 +571,23 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 		return true
 	}
 	if err := c.decodeReply(d, p.reply); err != nil {
-		r.Error = err.Error()
-		if p.info != nil {
-			p.info.err = err
-		}
+		return c.failReply(p, r, err)
 	}
 	return true
+}
+
+// failReply makes r, the completion of call p that readReply is
+// returning, a failure with err (see failLocked); false means it is
+// deferred to attach.
+func (c *clientCodec) failReply(p *pendingCall, r *rpc.Response, err error) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failLocked(p, err) {
+		*r = c.synth[len(c.synth)-1]
+		c.synth = c.synth[:len(c.synth)-1]
+		return true
+	}
+	return false
 }
 
 // remoteError returns the error text a reply carries, if it carries one:

@@ -147,9 +147,8 @@
 // values, which a handler's text cannot imitate: Call and CallContext
 // time-outs match context.DeadlineExceeded with errors.Is, and the others
 // match [ErrNoRoute], [ErrRefused], [ErrTooLong], [ErrTooLarge] or
-// [ErrBadReply]. Calls on a closed client fail with [rpc.ErrShutdown]. A Go
-// call, which net/rpc completes, gets those failures as an rpc.ServerError
-// with their text. Broker errors are wrapped, so errors.As(err,
+// [ErrBadReply]; a Go call's Error is the same value. Calls on a closed
+// client fail with [rpc.ErrShutdown]. Broker errors are wrapped, so errors.As(err,
 // new(*amqp.Error)) works.
 //
 // # Shutdown and connections

@@ -65,17 +65,14 @@ var (
 // ErrShutdown is rpc.ErrShutdown, returned by calls on a closed client.
 var ErrShutdown = rpc.ErrShutdown
 
-// Local failures: the client itself ends these calls. Call and CallContext
-// return them as they are; a Go call, which net/rpc completes, carries only
-// their text, in an [rpc.ServerError].
+// Local failures: the client itself ends these calls, with these errors
+// as they are (see callInfo), never as an rpc.ServerError.
 var (
 	errTimedOut  = fmt.Errorf("amqprpc: call timed out: %w", context.DeadlineExceeded)
 	errCanceled  = fmt.Errorf("amqprpc: call canceled: %w", context.Canceled)
 	errAbandoned = fmt.Errorf("%w: request given up: the broker closed the channel on it again and again (too large?)", ErrRefused)
 )
 
-// The text of a Go call that timed out.
-const timeoutText = "amqprpc: call timed out: context deadline exceeded"
 
 // errConsumerEnded is Serve's error when the broker or the network ended the
 // request consumer.

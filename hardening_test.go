@@ -300,7 +300,7 @@ func TestErrorHeaderForms(t *testing.T) {
 		case "empty bytes":
 			m.Headers = amqp.Table{"error": []byte{}}
 		case "timeout text":
-			m.Headers, m.Body = amqp.Table{"error": timeoutText}, nil
+			m.Headers, m.Body = amqp.Table{"error": errTimedOut.Error()}, nil
 		case "no route text":
 			m.Headers, m.Body = amqp.Table{"error": `amqprpc: no queue bound for routing key "x"`}, nil
 		}
@@ -308,12 +308,15 @@ func TestErrorHeaderForms(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// A Go call tells them apart too.
+	call := <-c.Go("Foreign.Say", "timeout text", new(string), nil).Done
+	assert.Equal(t, rpc.ServerError(errTimedOut.Error()), call.Error)
 	for _, tc := range []struct{ arg, wantErr string }{
 		{"bytes", "boom as bytes"},
 		{"empty", ""},
 		{"null", ""},
 		{"empty bytes", ""},
-		{"timeout text", timeoutText},
+		{"timeout text", errTimedOut.Error()},
 		{"no route text", `amqprpc: no queue bound for routing key "x"`},
 	} {
 		var r string
@@ -453,6 +456,8 @@ func TestWrongShapedRepliesAreRefused(t *testing.T) {
 		}
 		assert.ErrorIs(t, err, ErrBadReply, tc.body)
 		assert.NotErrorAs(t, err, new(rpc.ServerError), tc.body)
+		call := <-c.Go("Foreign.Echo", tc.body, tc.reply, nil).Done
+		assert.ErrorIs(t, call.Error, ErrBadReply, "Go: %s", tc.body)
 	}
 	assert.Equal(t, 5, tot.C)
 }

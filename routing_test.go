@@ -228,7 +228,8 @@ func TestUnroutableCallFailsAtOnce(t *testing.T) {
 
 	call := c.Go("Inbox.ShowMessage", To("nobody", Message{"nobody", "?"}), &ok, nil)
 	<-call.Done
-	assert.Equal(t, rpc.ServerError(`amqprpc: no queue bound for routing key "nobody"`), call.Error)
+	require.ErrorIs(t, call.Error, ErrNoRoute, "a Go call gets the error value too")
+	assert.Equal(t, `amqprpc: no queue bound for routing key "nobody"`, call.Error.Error())
 	require.NoError(t, c.Call("Inbox.ShowMessage", Message{"x", "y"}, &ok), "the client keeps working")
 }
 
