@@ -73,7 +73,6 @@ var (
 	errAbandoned = fmt.Errorf("%w: request given up: the broker closed the channel on it again and again (too large?)", ErrRefused)
 )
 
-
 // errConsumerEnded is Serve's error when the broker or the network ended the
 // request consumer.
 var errConsumerEnded = errors.New("amqprpc: request consumer ended: connection or channel closed")
