@@ -3,9 +3,10 @@ package codec
 import "errors"
 
 // ErrMalformed is wrapped by the errors a codec returns when it refuses a
-// body before decoding it, because the body is not well-formed or declares
-// sizes or a nesting depth that the decoder could not handle safely. Test
-// for it with errors.Is.
+// body before decoding it, because the body is not well-formed, or declares
+// sizes or a nesting depth that the decoder could not handle safely, or
+// (MsgPack) has an ext value where the value decoded into has a map, which
+// msgpack/v5 would read from the ext's data. Test for it with errors.Is.
 var ErrMalformed = errors.New("codec: malformed body")
 
 // ErrShape is wrapped by the errors MsgPack and JSON return when a

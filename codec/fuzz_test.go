@@ -86,6 +86,14 @@ func FuzzMsgPack(f *testing.F) {
 		_ = MsgPack.Unmarshal(data, &byName)
 		var anyMap map[any]any
 		_ = MsgPack.Unmarshal(data, &anyMap)
+		var strAny map[string]any // maps read through DecodeMapLen (msgpackext.go)
+		_ = MsgPack.Unmarshal(data, &strAny)
+		var strStr map[string]string
+		_ = MsgPack.Unmarshal(data, &strStr)
+		var withTimes timed // exts that are read whole
+		_ = MsgPack.Unmarshal(data, &withTimes)
+		var in interned // fixext keys
+		_ = MsgPack.Unmarshal(data, &in)
 		var list []int
 		_ = MsgPack.Unmarshal(data, &list)
 

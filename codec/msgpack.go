@@ -18,6 +18,17 @@ import (
 // stack of the process, which no recover can catch. Bodies refused by the
 // check yield an error wrapping ErrMalformed.
 //
+// The check takes the data of an ext value for opaque bytes, but where
+// msgpack/v5 decodes a Go map it reads an ext as a map header inside the
+// ext's data, and the map's entries from there on, past the ext's end if
+// need be (see msgpackext.go). So, for a body that holds an ext, Unmarshal
+// also refuses with ErrMalformed, before decoding, an ext wherever v has a
+// map: the whole body, or a field, element, key or value of a map type, or
+// a map that a non-nil interface in v holds. An ext that the decoder reads
+// whole is decoded as before: into a time.Time, into an interface, or into
+// a type that decodes itself, such as one given to msgpack.RegisterExt
+// (but see msgpackCustom about msgpack.Register).
+//
 // The decoder also panics on some well-formed bodies, for example a map
 // with an array key decoded into a map[any]any ("hash of unhashable
 // type"); Unmarshal turns such a panic into an error wrapping ErrMalformed
@@ -73,7 +84,8 @@ func (msgPack) Unmarshal(data []byte, v any) (err error) {
 	if v == nil {
 		return nil
 	}
-	if err := checkMsgPack(data); err != nil {
+	exts, err := scanMsgPack(data)
+	if err != nil {
 		return err
 	}
 	if p, ok := v.(*[]byte); ok {
@@ -89,6 +101,11 @@ func (msgPack) Unmarshal(data []byte, v any) (err error) {
 			err = fmt.Errorf("%w: msgpack: decoding panicked: %v", ErrMalformed, r)
 		}
 	}()
+	if exts {
+		if err := checkMsgPackExts(data, v); err != nil {
+			return err
+		}
+	}
 	if err := msgpack.Unmarshal(data, v); err != nil {
 		return err
 	}

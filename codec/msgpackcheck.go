@@ -27,8 +27,18 @@ func malformed(off int, format string, a ...any) error {
 //   - arrays and maps nested more than maxMsgPackDepth deep, which would
 //     otherwise overflow the decoder's stack.
 //
+// It does not look into the data of ext values; checkMsgPackExts refuses
+// the exts that msgpack/v5 would read a map from.
+//
 // checkMsgPack does not recurse and does not allocate (unless it fails).
 func checkMsgPack(data []byte) error {
+	_, err := scanMsgPack(data)
+	return err
+}
+
+// scanMsgPack is checkMsgPack, and also reports whether data holds an ext
+// value, which checkMsgPackExts must then look at.
+func scanMsgPack(data []byte) (exts bool, err error) {
 	// stack[i] is the number of values still expected by the i-th open
 	// container (maps count keys and values separately). Only non-empty
 	// containers are pushed, and an entry is popped as soon as it reaches 0.
@@ -39,9 +49,9 @@ func checkMsgPack(data []byte) error {
 		// Read one value header at pos.
 		if pos >= len(data) {
 			if depth == 0 && pos == 0 {
-				return malformed(pos, "empty body")
+				return false, malformed(pos, "empty body")
 			}
-			return malformed(pos, "truncated body: %d more value(s) expected", pendingValues(stack[:depth]))
+			return false, malformed(pos, "truncated body: %d more value(s) expected", pendingValues(stack[:depth]))
 		}
 		start := pos
 		c := data[pos]
@@ -66,11 +76,11 @@ func checkMsgPack(data []byte) error {
 			switch c {
 			case 0xc0, 0xc2, 0xc3: // nil, false, true
 			case 0xc1:
-				return malformed(start, "never-used type byte 0xc1")
+				return false, malformed(start, "never-used type byte 0xc1")
 			case 0xc4, 0xc5, 0xc6: // bin 8/16/32
 				lenBytes, kind = 1<<(c-0xc4), "bin"
 			case 0xc7, 0xc8, 0xc9: // ext 8/16/32: length, then the type byte
-				lenBytes, kind = 1<<(c-0xc7), "ext"
+				lenBytes, kind, exts = 1<<(c-0xc7), "ext", true
 			case 0xca: // float32
 				payload = 4
 			case 0xcb: // float64
@@ -80,7 +90,7 @@ func checkMsgPack(data []byte) error {
 			case 0xd0, 0xd1, 0xd2, 0xd3: // int 8/16/32/64
 				payload = 1 << (c - 0xd0)
 			case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1/2/4/8/16: type byte, then data
-				payload = 1 + 1<<(c-0xd4)
+				payload, exts = 1+1<<(c-0xd4), true
 			case 0xd9, 0xda, 0xdb: // str 8/16/32
 				lenBytes, kind = 1<<(c-0xd9), "str"
 			case 0xdc, 0xdd: // array 16/32
@@ -92,7 +102,7 @@ func checkMsgPack(data []byte) error {
 
 		if lenBytes > 0 {
 			if len(data)-pos < lenBytes {
-				return malformed(start, "truncated %s length (type byte 0x%02x)", kind, c)
+				return false, malformed(start, "truncated %s length (type byte 0x%02x)", kind, c)
 			}
 			var n uint64
 			for _, b := range data[pos : pos+lenBytes] {
@@ -114,21 +124,21 @@ func checkMsgPack(data []byte) error {
 		left := uint64(len(data) - pos)
 		if payload > left {
 			if kind != "" {
-				return malformed(start, "%s length %d exceeds the %d bytes left", kind, payload, left)
+				return false, malformed(start, "%s length %d exceeds the %d bytes left", kind, payload, left)
 			}
-			return malformed(start, "truncated value (type byte 0x%02x)", c)
+			return false, malformed(start, "truncated value (type byte 0x%02x)", c)
 		}
 		pos += int(payload)
 
 		if container {
 			if children > left {
 				if kind == "map" {
-					return malformed(start, "map of %d entries exceeds the %d bytes left", children/2, left)
+					return false, malformed(start, "map of %d entries exceeds the %d bytes left", children/2, left)
 				}
-				return malformed(start, "array of %d elements exceeds the %d bytes left", children, left)
+				return false, malformed(start, "array of %d elements exceeds the %d bytes left", children, left)
 			}
 			if depth >= maxMsgPackDepth {
-				return malformed(start, "%s nested deeper than %d levels", kind, maxMsgPackDepth)
+				return false, malformed(start, "%s nested deeper than %d levels", kind, maxMsgPackDepth)
 			}
 			if children > 0 {
 				stack[depth] = children
@@ -141,9 +151,9 @@ func checkMsgPack(data []byte) error {
 		for {
 			if depth == 0 {
 				if pos != len(data) {
-					return malformed(pos, "%d trailing byte(s) after the value", len(data)-pos)
+					return false, malformed(pos, "%d trailing byte(s) after the value", len(data)-pos)
 				}
-				return nil
+				return exts, nil
 			}
 			stack[depth-1]--
 			if stack[depth-1] > 0 {

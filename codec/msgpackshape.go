@@ -168,6 +168,7 @@ const (
 	mpStr // str or bin
 	mpArray
 	mpMap
+	mpExt // next is after its data
 )
 
 // msgpackHead reads the header of the value at data[pos], in a body that
@@ -202,7 +203,7 @@ func msgpackHead(data []byte, pos int) (kind, n, next int) {
 		return mpStr, size(k), pos + 1 + k
 	case 0xc7, 0xc8, 0xc9: // ext 8/16/32: length, type byte, data
 		k := 1 << (c - 0xc7)
-		return mpOther, 0, pos + 1 + k + 1 + size(k)
+		return mpExt, 0, pos + 1 + k + 1 + size(k)
 	case 0xca: // float32
 		return mpOther, 0, pos + 5
 	case 0xcb: // float64
@@ -212,7 +213,7 @@ func msgpackHead(data []byte, pos int) (kind, n, next int) {
 	case 0xd0, 0xd1, 0xd2, 0xd3: // int 8/16/32/64
 		return mpOther, 0, pos + 1 + 1<<(c-0xd0)
 	case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1/2/4/8/16: type byte, data
-		return mpOther, 0, pos + 2 + 1<<(c-0xd4)
+		return mpExt, 0, pos + 2 + 1<<(c-0xd4)
 	case 0xd9, 0xda, 0xdb: // str 8/16/32
 		k := 1 << (c - 0xd9)
 		return mpStr, size(k), pos + 1 + k
@@ -260,8 +261,8 @@ const maxInline = 32
 func msgpackFields(t reflect.Type) structFields {
 	fs := msgpackFieldsOf(t, 0)
 	sf := structFields{asArray: fs.asArray}
-	for name, typ := range fs.byName {
-		sf.names = append(sf.names, namedField{name, typ})
+	for name, f := range fs.byName {
+		sf.names = append(sf.names, namedField{name, f.typ})
 	}
 	for _, f := range fs.list {
 		sf.list = append(sf.list, f.typ)
@@ -272,9 +273,16 @@ func msgpackFields(t reflect.Type) structFields {
 // msgpackFieldSet mirrors msgpack/v5's fields: byName is what its decoder
 // looks keys up in, list the fields in array order.
 type msgpackFieldSet struct {
-	byName  map[string]reflect.Type
-	list    []namedField
+	byName  map[string]msgpackField
+	list    []msgpackField
 	asArray bool
+}
+
+// msgpackField is a field of a struct as msgpack/v5 decodes it.
+type msgpackField struct {
+	name  string // in list: the key that selects it
+	typ   reflect.Type
+	index []int // the path to it, as for reflect.Value.FieldByIndex
 }
 
 // msgpackFieldsOf follows msgpack/v5's getFields (types.go, v5.4.1):
@@ -286,9 +294,9 @@ type msgpackFieldSet struct {
 // alias option adds a name. A field named _msgpack tagged as_array (or
 // asArray) declares the struct array-encoded.
 func msgpackFieldsOf(t reflect.Type, depth int) msgpackFieldSet {
-	fs := msgpackFieldSet{byName: make(map[string]reflect.Type, t.NumField())}
-	add := func(f namedField) {
-		fs.byName[f.name] = f.typ
+	fs := msgpackFieldSet{byName: make(map[string]msgpackField, t.NumField())}
+	add := func(f msgpackField) {
+		fs.byName[f.name] = f
 		fs.list = append(fs.list, f)
 	}
 	for i := range t.NumField() {
@@ -314,6 +322,9 @@ func msgpackFieldsOf(t reflect.Type, depth int) msgpackFieldSet {
 			inline := false
 			if embedded.Kind() == reflect.Struct {
 				inner := msgpackFieldsOf(embedded, depth+1).list
+				for j := range inner {
+					inner[j].index = append([]int{i}, inner[j].index...)
+				}
 				if hasMsgpackOption(opts, "inline") {
 					inline = true
 					for _, g := range inner {
@@ -329,20 +340,21 @@ func msgpackFieldsOf(t reflect.Type, depth int) msgpackFieldSet {
 				}
 			}
 			if inline {
-				fs.byName[name] = f.Type
+				fs.byName[name] = msgpackField{name, f.Type, f.Index}
 				continue
 			}
 		}
-		add(namedField{name, f.Type})
+		field := msgpackField{name, f.Type, f.Index}
+		add(field)
 		if alias, ok := msgpackOption(opts, "alias"); ok {
-			fs.byName[alias] = f.Type
+			fs.byName[alias] = field
 		}
 	}
 	return fs
 }
 
 // anyTaken reports whether one of fields has a name in byName.
-func anyTaken(byName map[string]reflect.Type, fields []namedField) bool {
+func anyTaken(byName map[string]msgpackField, fields []msgpackField) bool {
 	for _, f := range fields {
 		if _, ok := byName[f.name]; ok {
 			return true
