@@ -36,6 +36,12 @@ type Client struct {
 // before any server runs waits in the broker until one does (or until its
 // deadline, when the request expires).
 //
+// url may list the nodes of a cluster, separated by commas
+// ("amqp://u:p@node1:5672/,amqp://u:p@node2:5672/"), each with its own
+// credentials and TLS scheme. Every dial, the first and each one after a
+// lost connection, tries them in a new random order until one answers;
+// the error of a failed first dial names each (without passwords).
+//
 // Dial opens two connections, one to publish and one to consume, so that a
 // broker that blocks publishers cannot stop replies from arriving. Dial
 // blocks until the topology is declared. Close releases everything.

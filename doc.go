@@ -161,8 +161,9 @@
 // # Reconnection
 //
 // Clients and servers use two connections each, one to publish and one to
-// consume, so that a broker blocking publishers cannot stop deliveries, with
-// AMQP heartbeats ([WithHeartbeat], 10 s) to notice a dead peer. When a
+// consume, so that a broker blocking publishers cannot stop deliveries, each
+// to any of the URLs given (a comma-separated list of a cluster's nodes,
+// tried in a random order on every dial), with AMQP heartbeats ([WithHeartbeat], 10 s) to notice a dead peer. When a
 // connection drops they dial again (with backoff and jitter), declare their
 // topology again and resume consuming; requests and replies the broker had
 // not confirmed are published again, and calls made meanwhile wait for the

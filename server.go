@@ -41,7 +41,8 @@ type Server struct {
 	closeErr    error
 }
 
-// NewServer connects to the broker at url and declares the namespace's
+// NewServer connects to the broker at url (one URL, or a cluster's nodes
+// separated by commas, as for Dial) and declares the namespace's
 // exchanges and main request queue; it returns once they exist. rcvr holds
 // the services; nil means rpc.DefaultServer, so that rpc.Register(new(Math))
 // just works. Call Serve to start handling requests and Close to release

@@ -3,6 +3,7 @@ package amqprpc
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"strings"
@@ -198,4 +199,43 @@ func TestReplyQueueExpiredWhileAway(t *testing.T) {
 	assert.Equal(t, "done x", r)
 	assert.Equal(t, int32(1), g.ran.Load(), "the handler ran once")
 	assert.Contains(t, log.String(), "reply queue was lost")
+}
+
+// Given several broker URLs (a cluster's nodes), clients and servers dial
+// whichever answers, in a random order, and fail over to another node when
+// theirs goes away. Here one "node" never answers, one is a proxy that
+// goes away, and one is the broker itself.
+func TestSeveralBrokerURLs(t *testing.T) {
+	ns := testNamespace(t)
+	proxy, viaProxy := faultyLink(t)
+	const dead = "amqp://guest:secret@127.0.0.1:1/"
+	urls := dead + ", " + viaProxy + ", " + brokerURL()
+	logOpt, log := loggedTo()
+	s, err := NewServer(urls, ns, newRPCServer(t, new(Echo)), logOpt)
+	require.NoError(t, err)
+	serveUntilEnd(t, s.Serve, s.Close)
+	c, err := Dial(urls, ns, logOpt)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	var r string
+	for i := range 10 {
+		require.NoError(t, c.Call("Echo.Say", fmt.Sprint(i), &r))
+	}
+
+	proxy.Stop() // that node is gone; the broker then drops everyone
+	rabbitmqctl(t, "close_all_connections", "test: fail over")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	require.NoError(t, c.CallContext(ctx, "Echo.Say", "after", &r))
+	assert.Equal(t, "after", r)
+	t.Logf("first call after the fail-over: %v", time.Since(start))
+	assert.Contains(t, log.String(), "reconnected")
+	assert.NotContains(t, log.String(), "secret", "passwords never logged")
+
+	_, err = Dial(dead+",amqp://guest:secret@127.0.0.1:2/", ns)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "127.0.0.1:1")
+	assert.Contains(t, err.Error(), "127.0.0.1:2")
+	assert.NotContains(t, err.Error(), "secret")
 }

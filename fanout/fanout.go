@@ -14,7 +14,8 @@ type Server struct {
 	s *amqprpc.Server
 }
 
-// NewServer connects to the broker at url, declares the namespace's fanout
+// NewServer connects to the broker at url (one URL, or a cluster's nodes
+// separated by commas, as for amqprpc.Dial), declares the namespace's fanout
 // exchange and the server's own queue, and returns once they exist:
 // broadcasts sent from then on reach this server. rcvr holds the services;
 // nil means rpc.DefaultServer. Options are those of package amqprpc.
@@ -41,7 +42,8 @@ type Client struct {
 	*amqprpc.Client // Call, Go, CallContext: the first reply wins
 }
 
-// Dial connects to the broker at url and declares the namespace's fanout
+// Dial connects to the broker at url (one URL, or a cluster's nodes
+// separated by commas, as for amqprpc.Dial) and declares the namespace's fanout
 // exchange and the client's reply queue. Options are those of package
 // amqprpc.
 func Dial(url, namespace string, opts ...amqprpc.Option) (*Client, error) {

@@ -40,7 +40,8 @@ func (b Backoff) next(prev time.Duration) time.Duration {
 // them close; a closed channel means "open a new one", which waits for the
 // next connection. Conn is safe for concurrent use.
 type Conn struct {
-	url     string
+	urls    []string // the broker's nodes; tried in a random order on each dial
+	url     string   // the one connected to last, for logs
 	cfg     Config
 	log     *slog.Logger
 	redial  bool // false for a wrapped connection: a loss is final
@@ -59,10 +60,17 @@ type Conn struct {
 	lost error            // set when a wrapped connection is gone for good
 }
 
-// Open dials url and keeps the connection up until Close. The first dial is
-// synchronous: its error (wrong URL, credentials, TLS) is returned.
-func Open(url string, cfg Config, log *slog.Logger) (*Conn, error) {
-	conn, cork, err := dial(context.Background(), url, cfg)
+// Open dials rawURL, one broker URL or several separated by commas (see
+// SplitURLs), and keeps the connection up until Close; each dial, the first
+// and every redial, tries the URLs in a new random order until one
+// answers. The first dial is synchronous: its error (wrong URL,
+// credentials, TLS; every URL's when there are several) is returned.
+func Open(rawURL string, cfg Config, log *slog.Logger) (*Conn, error) {
+	urls, err := SplitURLs(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	conn, cork, url, err := dialAny(context.Background(), urls, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +78,7 @@ func Open(url string, cfg Config, log *slog.Logger) (*Conn, error) {
 	if b.Min <= 0 || b.Max < b.Min {
 		b = DefaultBackoff
 	}
-	return start(&Conn{url: url, cfg: cfg, log: log, redial: true, backoff: b}, conn, cork), nil
+	return start(&Conn{urls: urls, url: url, cfg: cfg, log: log, redial: true, backoff: b}, conn, cork), nil
 }
 
 // Wrap adopts a connection the caller owns: no redial, and Close leaves conn
@@ -134,9 +142,9 @@ func (c *Conn) watch(conn *amqp.Connection) {
 				t.Stop()
 				return
 			}
-			next, nextCork, err := dial(c.ctx, c.url, c.cfg)
+			next, nextCork, url, err := dialAny(c.ctx, c.urls, c.cfg)
 			if err == nil {
-				conn, cork = next, nextCork
+				conn, cork, c.url = next, nextCork, url
 				break
 			}
 			c.log.Debug("amqprpc: reconnect failed", "err", err, "retry_in", c.backoff.next(wait))

@@ -6,9 +6,12 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -39,9 +42,16 @@ func dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, *co
 	if cfg.Name != "" {
 		props.SetClientConnectionName(cfg.Name)
 	}
+	tlsConfig := cfg.TLS
+	if tlsConfig != nil {
+		// amqp091-go sets ServerName to the URL's host in the config it is
+		// given: a shared one would then check the next node's
+		// certificate against the first node's name.
+		tlsConfig = tlsConfig.Clone()
+	}
 	conn, err := amqp.DialConfig(rawURL, amqp.Config{
 		Heartbeat:       cfg.Heartbeat,
-		TLSClientConfig: cfg.TLS,
+		TLSClientConfig: tlsConfig,
 		Properties:      props,
 		Locale:          "en_US",
 		Dial: func(network, addr string) (net.Conn, error) {
@@ -62,6 +72,46 @@ func dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, *co
 		return nil, nil, fmt.Errorf("amqprpc: dial %s: %w", Redact(rawURL), err)
 	}
 	return conn, cc, nil
+}
+
+// SplitURLs returns the broker URLs in raw: one URL, or several separated
+// by commas (the nodes of a cluster), each amqp:// or amqps:// with its own
+// credentials. Spaces around the commas are ignored. A password that holds
+// a comma must be percent-encoded (%2C), as URLs require anyway.
+func SplitURLs(raw string) ([]string, error) {
+	var urls []string
+	for _, u := range strings.Split(raw, ",") {
+		u = strings.TrimSpace(u)
+		if u == "" {
+			continue
+		}
+		if _, err := amqp.ParseURI(u); err != nil {
+			return nil, fmt.Errorf("amqprpc: broker URL %s: %w", Redact(u), err)
+		}
+		urls = append(urls, u)
+	}
+	if len(urls) == 0 {
+		return nil, fmt.Errorf("amqprpc: no broker URL in %q", Redact(raw))
+	}
+	return urls, nil
+}
+
+// dialAny dials urls in a random order, so that many clients spread over a
+// cluster's nodes, and returns the first connection made with its URL. If
+// none can be made, the error joins each URL's.
+func dialAny(ctx context.Context, urls []string, cfg Config) (*amqp.Connection, *corkConn, string, error) {
+	var errs []error
+	for _, i := range rand.Perm(len(urls)) {
+		conn, cc, err := dial(ctx, urls[i], cfg)
+		if err == nil {
+			return conn, cc, urls[i], nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, nil, "", errors.Join(errs...)
 }
 
 // Redact returns rawURL with its password replaced by "xxxxx", for logs and
