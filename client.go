@@ -50,7 +50,7 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace, o.fanout)
+	n, err := newNames(namespace, o)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +102,7 @@ func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace, o.fanout)
+	n, err := newNames(namespace, o)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +137,7 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		Queue:    queue,
 		Prefetch: replyPrefetch,
 		Setup: func(ch *amqp.Channel) error {
-			if err := n.declareRequestSide(ch); err != nil {
+			if err := n.requestSide(subConn)(ch); err != nil {
 				return err
 			}
 			if !first && !lost.Load() {

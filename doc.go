@@ -38,7 +38,10 @@
 //	reply queue        rpc_S_U_response     durable, x-expires (WithReplyQueueExpiry),
 //	                                        bound to rpc_S_response with key U
 //
-// Servers and clients both declare the exchanges and the request queue.
+// Servers and clients both declare the exchanges and the request queue; a
+// request queue that exists already is used as it is, whatever its type
+// (an operator's quorum queue, say), and [WithQueueType] chooses the type
+// of those they create.
 // A request's reply_to is U, a routing key: servers only ever publish
 // replies to rpc_S_response.
 //

@@ -16,20 +16,22 @@ import (
 type Option func(*options) error
 
 type options struct {
-	codec       codec.Codec
-	prefetch    int
-	logger      *slog.Logger
-	clientID    string
-	replyExpiry time.Duration
-	tls         *tls.Config
-	callTimeout time.Duration
-	heartbeat   time.Duration
-	maxBody     int
-	connName    string
-	fanout      bool // set by package fanout through internal/link
-	dedupe      time.Duration
-	replyCache  int
-	persistent  bool
+	codec         codec.Codec
+	prefetch      int
+	logger        *slog.Logger
+	clientID      string
+	replyExpiry   time.Duration
+	tls           *tls.Config
+	callTimeout   time.Duration
+	heartbeat     time.Duration
+	maxBody       int
+	connName      string
+	fanout        bool // set by package fanout through internal/link
+	dedupe        time.Duration
+	replyCache    int
+	persistent    bool
+	queueType     QueueType
+	deliveryLimit int
 }
 
 // Defaults of every option, as documented on each With… function.
@@ -41,19 +43,22 @@ const (
 	DefaultMaxBodySize = 4 << 20
 	DefaultDedupWindow = time.Minute
 	DefaultReplyCache  = 16 << 20
+	// DefaultDeliveryLimit is RabbitMQ 4.0's own default for quorum queues.
+	DefaultDeliveryLimit = 20
 )
 
 func newOptions(opts []Option) (*options, error) {
 	o := &options{
-		codec:       codec.MsgPack,
-		prefetch:    DefaultPrefetch,
-		logger:      slog.New(slog.DiscardHandler),
-		replyExpiry: DefaultReplyExpiry,
-		callTimeout: DefaultCallTimeout,
-		heartbeat:   DefaultHeartbeat,
-		maxBody:     DefaultMaxBodySize,
-		dedupe:      DefaultDedupWindow,
-		replyCache:  DefaultReplyCache,
+		codec:         codec.MsgPack,
+		prefetch:      DefaultPrefetch,
+		logger:        slog.New(slog.DiscardHandler),
+		replyExpiry:   DefaultReplyExpiry,
+		callTimeout:   DefaultCallTimeout,
+		heartbeat:     DefaultHeartbeat,
+		maxBody:       DefaultMaxBodySize,
+		dedupe:        DefaultDedupWindow,
+		replyCache:    DefaultReplyCache,
+		deliveryLimit: DefaultDeliveryLimit,
 	}
 	for _, opt := range opts {
 		if opt == nil {
@@ -249,6 +254,58 @@ func WithReplyCache(n int) Option {
 			return fmt.Errorf("amqprpc: WithReplyCache(%d): negative", n)
 		}
 		o.replyCache = n
+		return nil
+	}
+}
+
+// QueueType is RabbitMQ's type of a queue, its x-queue-type argument
+// (rabbitmq.com/docs/quorum-queues).
+type QueueType string
+
+// Queue types for [WithQueueType].
+const (
+	// ClassicQueue lives on one node: when that node is down, its calls
+	// wait or fail until it is back.
+	ClassicQueue QueueType = "classic"
+	// QuorumQueue is replicated over a cluster's nodes (Raft): it survives
+	// the loss of a minority of them, its leader moving to another node.
+	// It caps redeliveries with a delivery limit ([WithDeliveryLimit]).
+	QuorumQueue QueueType = "quorum"
+)
+
+// WithQueueType sets the type of the request queues a Client or Server
+// creates: the namespace's main request queue and the queues of
+// CreateRequestQueue. Use QuorumQueue on a cluster. A queue that exists
+// already is used as it is, whatever its type, so that operators may
+// declare the queues themselves, or set a default queue type on the
+// vhost; its type is not changed (delete it to change it). Default: none
+// given, which is the vhost's default queue type, classic unless set.
+// Reply queues and fanout server queues are not affected.
+func WithQueueType(t QueueType) Option {
+	return func(o *options) error {
+		if t != ClassicQueue && t != QuorumQueue {
+			return fmt.Errorf("amqprpc: WithQueueType(%q): not %q or %q", t, ClassicQueue, QuorumQueue)
+		}
+		o.queueType = t
+		return nil
+	}
+}
+
+// WithDeliveryLimit sets the x-delivery-limit of the quorum request queues
+// a Client or Server creates (WithQueueType(QuorumQueue)): a request
+// delivered n times without being settled (each server that took it
+// crashed or lost its connection before answering) is then dropped, or
+// dead-lettered if the queue has a dead-letter exchange, instead of
+// taking down server after server. Requests put back after
+// ErrIgnoreRequest are published anew and do not count. Default: 20
+// ([DefaultDeliveryLimit]), as RabbitMQ 4.0 sets for quorum queues.
+// Under 1 is an error.
+func WithDeliveryLimit(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("amqprpc: WithDeliveryLimit(%d): must be at least 1", n)
+		}
+		o.deliveryLimit = n
 		return nil
 	}
 }

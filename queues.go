@@ -24,8 +24,8 @@ type queueOptions struct {
 // away do not pile up. Default: the queue lives until DeleteRequestQueue.
 // Values under one millisecond or over RabbitMQ's 2^32-1 ms (about 49
 // days; a larger x-expires fails the declaration) are an error; the latter
-// matches [ErrTooLong]. Re-creating an existing queue
-// with another expiry fails (the broker refuses changed arguments).
+// matches [ErrTooLong]. A queue that exists already keeps its own
+// expiry.
 func WithQueueExpiry(d time.Duration) QueueOption {
 	return func(o *queueOptions) error {
 		if d < time.Millisecond {
@@ -72,10 +72,11 @@ func (n names) extraQueue(name string) (string, error) {
 }
 
 // CreateRequestQueue declares the durable request queue
-// rpc_<namespace>_queue_<name>, bound to the request exchange with routing
-// key name, and returns once it exists. Calls routed with that key (To,
-// Tune) then wait there for a Server.ReceiveFromQueue. Creating a queue
-// that exists already is not an error, as long as its options match. It
+// rpc_<namespace>_queue_<name>, of the client's queue type (WithQueueType),
+// bound to the request exchange with routing key name, and returns once it
+// exists. Calls routed with that key (To, Tune) then wait there for a
+// Server.ReceiveFromQueue. A queue that exists already is used as it is,
+// whatever its type and options, and bound with the key. It
 // blocks while the client reconnects, up to ctx.
 func (c *Client) CreateRequestQueue(ctx context.Context, name string, opts ...QueueOption) error {
 	var o queueOptions
@@ -92,18 +93,18 @@ func (c *Client) CreateRequestQueue(ctx context.Context, name string, opts ...Qu
 	if o.key != nil {
 		key = *o.key
 	}
-	var args amqp.Table
+	args := amqp.Table{}
+	for k, v := range c.codec.queueArgs {
+		args[k] = v
+	}
 	if o.expiry > 0 {
-		args = amqp.Table{"x-expires": o.expiry.Milliseconds()}
+		args["x-expires"] = o.expiry.Milliseconds()
+	}
+	if len(args) == 0 {
+		args = nil
 	}
 	return c.onChannel(ctx, func(ch *amqp.Channel) error {
-		if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
-			return fmt.Errorf("amqprpc: declare queue %s: %w", queue, err)
-		}
-		if err := ch.QueueBind(queue, key, c.codec.requestExchange, false, nil); err != nil {
-			return fmt.Errorf("amqprpc: bind queue %s: %w", queue, err)
-		}
-		return nil
+		return c.codec.declareRequestQueue(c.conn, ch, queue, key, args)
 	})
 }
 

@@ -52,7 +52,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace, o.fanout)
+	n, err := newNames(namespace, o)
 	if err != nil {
 		return nil, err
 	}
@@ -76,12 +76,12 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, active: make(map[*serverCodec]bool)}
 	s.closing, s.stopClosing = context.WithCancel(context.Background())
 	s.seen = newDedupe(o.dedupe, o.replyCache)
-	s.queue, s.setup = n.requestQueue, n.declareRequestSide
+	s.queue, s.setup = n.requestQueue, n.requestSide(subConn)
 	if n.fanout { // a queue of its own, so that it gets every broadcast
 		id := randomHex(8)
 		s.queue = n.fanoutQueue(id)
 		s.setup = func(ch *amqp.Channel) error {
-			return errors.Join(n.declareRequestSide(ch), n.declareFanoutQueue(ch, id, o.replyExpiry))
+			return errors.Join(n.requestSide(subConn)(ch), n.declareFanoutQueue(ch, id, o.replyExpiry))
 		}
 	}
 	if err := s.declare(); err != nil {
@@ -278,12 +278,12 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace, o.fanout)
+	n, err := newNames(namespace, o)
 	if err != nil {
 		return nil, err
 	}
 	tc := transport.Wrap(conn, o.logger)
-	k, err := tc.Consume(context.Background(), transport.ConsumerConfig{Queue: n.requestQueue, Prefetch: o.prefetch, Setup: n.declareRequestSide})
+	k, err := tc.Consume(context.Background(), transport.ConsumerConfig{Queue: n.requestQueue, Prefetch: o.prefetch, Setup: n.requestSide(tc)})
 	if err != nil {
 		_ = tc.Close()
 		return nil, err

@@ -22,8 +22,8 @@ type rawPeer struct {
 
 func newRawPeer(t *testing.T, ns string) *rawPeer {
 	ch := rawChannel(t)
-	n, _ := newNames(ns, false)
-	require.NoError(t, n.declareRequestSide(ch))
+	n, _ := newNames(ns, &options{})
+	require.NoError(t, n.requestSide(nil)(ch))
 	q, err := ch.QueueDeclare("", false, true, true, false, nil) // exclusive
 	require.NoError(t, err)
 	require.NoError(t, ch.QueueBind(q.Name, "rawpeer", n.responseExchange, false, nil))

@@ -1,11 +1,14 @@
 package amqprpc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
 // names are the broker objects of one namespace, as documented in doc.go.
@@ -16,16 +19,28 @@ type names struct {
 	responseExchange string // rpc_<ns>_response
 	requestQueue     string // rpc_<ns>_request
 	queuePrefix      string // rpc_<ns>_queue_, of extra request queues
+	// queueArgs are the arguments of the request queues this side
+	// creates (WithQueueType); queues that exist are adopted as they are.
+	queueArgs amqp.Table
 }
 
-func newNames(namespace string, fanout bool) (names, error) {
+func newNames(namespace string, o *options) (names, error) {
 	if namespace == "" {
 		return names{}, errors.New("amqprpc: empty namespace")
 	}
 	if len(namespace) > 200 {
 		return names{}, errors.New("amqprpc: namespace longer than 200 bytes")
 	}
+	fanout := o.fanout
+	var args amqp.Table
+	if o.queueType != "" {
+		args = amqp.Table{"x-queue-type": string(o.queueType)}
+		if o.queueType == QuorumQueue {
+			args["x-delivery-limit"] = int64(o.deliveryLimit)
+		}
+	}
 	return names{
+		queueArgs:        args,
 		namespace:        namespace,
 		fanout:           fanout,
 		requestExchange:  "rpc_" + namespace + "_request",
@@ -53,24 +68,70 @@ func (n names) exchangeKind() string {
 	return amqp.ExchangeDirect
 }
 
-// declareRequestSide declares both exchanges and, for a direct namespace, the
-// main request queue, bound with key "": what a server consumes and what a
-// client's first call needs to wait in. A fanout namespace has no shared
-// queue: each server declares its own (declareFanoutQueue).
-func (n names) declareRequestSide(ch *amqp.Channel) error {
-	if err := n.declareExchanges(ch); err != nil {
-		return err
+// requestSide returns a setup function that declares both exchanges and,
+// for a direct namespace, the main request queue, bound with key "": what a
+// server consumes and what a client's first call needs to wait in. A
+// fanout namespace has no shared queue: each server declares its own
+// (declareFanoutQueue). conn, if not nil, is asked first whether the queue
+// exists, which is then used as it is (see declareRequestQueue).
+func (n names) requestSide(conn *transport.Conn) func(*amqp.Channel) error {
+	return func(ch *amqp.Channel) error {
+		if err := n.declareExchanges(ch); err != nil {
+			return err
+		}
+		if n.fanout {
+			return nil
+		}
+		return n.declareRequestQueue(conn, ch, n.requestQueue, "", n.queueArgs)
 	}
-	if n.fanout {
-		return nil
+}
+
+// declareRequestQueue declares request queue, durable, with args, and binds
+// it to the request exchange with key. A queue that exists already is
+// adopted whatever its type and arguments, so that operators can declare
+// it first (a quorum queue, say) or set a default queue type on the vhost:
+// declaring it again with other arguments would fail with 406
+// PRECONDITION_FAILED. Whether it exists is asked on a channel of conn's
+// own, because a passive declare of a missing queue closes its channel;
+// with conn nil the queue is declared without asking.
+func (n names) declareRequestQueue(conn *transport.Conn, ch *amqp.Channel, queue, key string, args amqp.Table) error {
+	exists := false
+	if conn != nil {
+		var err error
+		if exists, err = lookUpQueue(conn, queue); err != nil {
+			return err
+		}
 	}
-	if _, err := ch.QueueDeclare(n.requestQueue, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("amqprpc: declare queue %s: %w", n.requestQueue, err)
+	if !exists {
+		if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
+			return fmt.Errorf("amqprpc: declare queue %s: %w", queue, err)
+		}
 	}
-	if err := ch.QueueBind(n.requestQueue, "", n.requestExchange, false, nil); err != nil {
-		return fmt.Errorf("amqprpc: bind queue %s: %w", n.requestQueue, err)
+	if err := ch.QueueBind(queue, key, n.requestExchange, false, nil); err != nil {
+		return fmt.Errorf("amqprpc: bind queue %s: %w", queue, err)
 	}
 	return nil
+}
+
+// lookUpQueue reports whether queue exists, asking with a passive declare
+// on a channel of its own.
+func lookUpQueue(conn *transport.Conn, queue string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ch, err := conn.Channel(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = ch.Close() }() // fails if the broker closed it
+	_, err = ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	var ae *amqp.Error
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &ae) && ae.Code == amqp.NotFound:
+		return false, nil
+	}
+	return false, fmt.Errorf("amqprpc: look up queue %s: %w", queue, err)
 }
 
 // declareExchanges declares the request and response exchanges: what a
