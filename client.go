@@ -11,6 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/amqprpc/amqprpc/internal/link"
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
@@ -58,24 +59,13 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 	if id == "" {
 		id = randomHex(8)
 	}
-	name := o.connName
-	if name == "" {
-		name = "amqprpc client " + id
-	}
-	cfg := transport.Config{TLS: o.tls, Heartbeat: o.heartbeat, Name: name}
-	pubConn, err := transport.Open(url, cfg, o.logger)
+	pubConn, subConn, closeConns, err := connections(url, o, "amqprpc client "+id)
 	if err != nil {
 		return nil, err
 	}
-	subConn, err := transport.Open(url, cfg, o.logger)
+	cc, err := newClientCodecOn(pubConn, subConn, n, id, o, closeConns)
 	if err != nil {
-		_ = pubConn.Close()
-		return nil, err
-	}
-	cc, err := newClientCodecOn(pubConn, subConn, n, id, o, joinClose(pubConn.Close, subConn.Close))
-	if err != nil {
-		_ = pubConn.Close()
-		_ = subConn.Close()
+		_ = closeConns()
 		return nil, err
 	}
 	return &Client{
@@ -83,6 +73,32 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 		codec:  cc,
 		conn:   subConn,
 	}, nil
+}
+
+// connections returns the publishing and consuming connections a Client or
+// Server runs on, and the func that closes them: the shared ones of
+// WithConnection, which it leaves open, or two of its own to url, named
+// name unless WithConnectionName says otherwise.
+func connections(url string, o *options, name string) (pub, sub *transport.Conn, closeConns func() error, err error) {
+	if o.conn != nil {
+		if url != "" {
+			return nil, nil, nil, errors.New("amqprpc: both a url and WithConnection: give one")
+		}
+		pub, sub = link.Conns(o.conn)
+		return pub, sub, func() error { return nil }, nil
+	}
+	if o.connName != "" {
+		name = o.connName
+	}
+	cfg := transport.Config{TLS: o.tls, Heartbeat: o.heartbeat, Name: name}
+	if pub, err = transport.Open(url, cfg, o.logger); err != nil {
+		return nil, nil, nil, err
+	}
+	if sub, err = transport.Open(url, cfg, o.logger); err != nil {
+		_ = pub.Close()
+		return nil, nil, nil, err
+	}
+	return pub, sub, joinClose(pub.Close, sub.Close), nil
 }
 
 // NewClientCodec returns a net/rpc client codec for namespace on conn, for

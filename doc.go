@@ -161,6 +161,13 @@
 // to the queue. [Client.Close] fails pending calls with rpc.ErrShutdown.
 // Both are idempotent and stop every goroutine they started.
 //
+// # Shared connections
+//
+// Each Dial and NewServer opens two connections of its own. Many clients
+// and servers in one process can share one pair instead: open it with
+// transport.Dial and pass it with [WithConnection] (and an empty url).
+// They then use channels on it; closing them leaves it open.
+//
 // # Reconnection
 //
 // Clients and servers use two connections each, one to publish and one to

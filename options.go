@@ -9,6 +9,7 @@ import (
 
 	"github.com/amqprpc/amqprpc/codec"
 	"github.com/amqprpc/amqprpc/internal/transport"
+	pubtransport "github.com/amqprpc/amqprpc/transport"
 )
 
 // Option configures a [Client] or a [Server]. Options that only make sense
@@ -32,6 +33,7 @@ type options struct {
 	persistent    bool
 	queueType     QueueType
 	deliveryLimit int
+	conn          *pubtransport.Conn // shared connections; nil: open our own
 }
 
 // Defaults of every option, as documented on each With… function.
@@ -306,6 +308,24 @@ func WithDeliveryLimit(n int) Option {
 			return fmt.Errorf("amqprpc: WithDeliveryLimit(%d): must be at least 1", n)
 		}
 		o.deliveryLimit = n
+		return nil
+	}
+}
+
+// WithConnection makes a Client or Server (of this package or of package
+// fanout) use channels on conn, made once with transport.Dial and shared
+// by any number of them, instead of opening two connections of its own;
+// the url given to Dial or NewServer must then be empty. Closing the
+// Client or Server closes its channels, never conn: the caller closes
+// conn after them. WithTLS, WithHeartbeat and WithConnectionName are then
+// conn's business (transport.Config) and ignored. Default: nil, own
+// connections.
+func WithConnection(conn *pubtransport.Conn) Option {
+	return func(o *options) error {
+		if conn == nil {
+			return errors.New("amqprpc: WithConnection(nil)")
+		}
+		o.conn = conn
 		return nil
 	}
 }

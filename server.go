@@ -17,16 +17,17 @@ import (
 // the broker shares the requests among them. Its methods are safe for
 // concurrent use.
 type Server struct {
-	rcvr    *rpc.Server
-	names   names
-	opts    *options
-	pubConn *transport.Conn
-	subConn *transport.Conn
-	pub     *transport.Publisher
-	acker   *transport.Acker          // acks requests, gathered per burst of reply confirms
-	seen    *dedupe                   // calls answered recently, shared by all consumers
-	queue   string                    // that Serve consumes
-	setup   func(*amqp.Channel) error // declares what Serve needs
+	rcvr       *rpc.Server
+	names      names
+	opts       *options
+	pubConn    *transport.Conn
+	subConn    *transport.Conn
+	closeConns func() error // closes pubConn and subConn, unless they are shared (WithConnection)
+	pub        *transport.Publisher
+	acker      *transport.Acker          // acks requests, gathered per burst of reply confirms
+	seen       *dedupe                   // calls answered recently, shared by all consumers
+	queue      string                    // that Serve consumes
+	setup      func(*amqp.Channel) error // declares what Serve needs
 
 	mu sync.Mutex
 	// protects closed, serving and active
@@ -59,21 +60,11 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 	if rcvr == nil {
 		rcvr = rpc.DefaultServer
 	}
-	name := o.connName
-	if name == "" {
-		name = "amqprpc server " + namespace
-	}
-	cfg := transport.Config{TLS: o.tls, Heartbeat: o.heartbeat, Name: name}
-	pubConn, err := transport.Open(url, cfg, o.logger)
+	pubConn, subConn, closeConns, err := connections(url, o, "amqprpc server "+namespace)
 	if err != nil {
 		return nil, err
 	}
-	subConn, err := transport.Open(url, cfg, o.logger)
-	if err != nil {
-		_ = pubConn.Close()
-		return nil, err
-	}
-	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, active: make(map[*serverCodec]bool)}
+	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, closeConns: closeConns, active: make(map[*serverCodec]bool)}
 	s.closing, s.stopClosing = context.WithCancel(context.Background())
 	s.seen = newDedupe(o.dedupe, o.replyCache)
 	s.queue, s.setup = n.requestQueue, n.requestSide(subConn)
@@ -259,10 +250,6 @@ func (s *Server) deleteQueue() {
 	}
 	_, _ = ch.QueueDelete(s.queue, false, false, false)
 	_ = closeChannel(ch)
-}
-
-func (s *Server) closeConns() error {
-	return errors.Join(s.pubConn.Close(), s.subConn.Close())
 }
 
 // NewServerCodec returns a net/rpc server codec that reads the namespace's

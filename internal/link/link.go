@@ -1,9 +1,14 @@
-// Package link connects package fanout to the unexported parts of package
-// amqprpc without making them public: amqprpc fills these variables in its
-// init, and fanout calls them. Nothing else may use it.
+// Package link connects packages fanout and transport to the unexported
+// parts of package amqprpc and of each other without making them public:
+// the package that owns each variable fills it in its init, and the others
+// call it. Nothing else may use it.
 package link
 
-import "context"
+import (
+	"context"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
+)
 
 // Result is one server's answer to a broadcast.
 type Result struct {
@@ -18,4 +23,8 @@ var (
 	// CallAll broadcasts a call from client (an *amqprpc.Client) and
 	// gathers replies; see fanout.Client.CallAll.
 	CallAll func(client any, ctx context.Context, serviceMethod string, args any, newReply func() any, want int) ([]Result, error)
+	// Conns returns the publishing and consuming connections of a
+	// *transport.Conn (package transport, the public one), which fills it
+	// in its init.
+	Conns func(conn any) (pub, sub *transport.Conn)
 )
