@@ -15,6 +15,7 @@ import (
 
 	"github.com/amqprpc/amqprpc"
 	"github.com/amqprpc/amqprpc/fanout"
+	"github.com/amqprpc/amqprpc/transport"
 )
 
 // Math is the service of amphora's tutorial.
@@ -248,4 +249,67 @@ func Example_fanout() {
 	fmt.Println(len(results), "nodes dropped", counts)
 	// Output:
 	// 3 nodes dropped [0 1 2]
+}
+
+// Many clients and servers in one process share one pair of connections:
+// each uses channels on it, and closing them leaves it open.
+func ExampleWithConnection() {
+	conn, err := transport.Dial(brokerURL(), transport.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close() // after the clients and servers below
+
+	services := rpc.NewServer()
+	if err := services.Register(new(Math)); err != nil {
+		log.Fatal(err)
+	}
+	server, err := amqprpc.NewServer("", "example_shared", services, amqprpc.WithConnection(conn))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer server.Close()
+	go server.Serve(context.Background())
+
+	for _, ns := range []string{"example_shared", "example_shared"} {
+		client, err := amqprpc.Dial("", ns, amqprpc.WithConnection(conn))
+		if err != nil {
+			log.Fatal(err)
+		}
+		var sum float64
+		if err := client.Call("Math.SumNumbers", []float64{1, 2}, &sum); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(sum)
+		client.Close() // conn stays open
+	}
+	// Output:
+	// 3
+	// 3
+}
+
+// Errors of the client's own are values to test with errors.Is; only what
+// the server said is an rpc.ServerError.
+func ExampleClient_CallContext_errors() {
+	client, err := amqprpc.Dial(brokerURL(), "example_errors")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	var sum float64
+	err = client.Call("Math."+strings.Repeat("x", 300), 1, &sum)
+	fmt.Println(errors.Is(err, amqprpc.ErrTooLong))
+
+	err = client.Call("Math.SumNumbers", amqprpc.To("nobody", []float64{1}), &sum)
+	fmt.Println(errors.Is(err, amqprpc.ErrNoRoute))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err = client.CallContext(ctx, "Math.SumNumbers", []float64{1}, &sum) // no server runs
+	fmt.Println(errors.Is(err, context.DeadlineExceeded))
+	// Output:
+	// true
+	// true
+	// true
 }
