@@ -25,7 +25,7 @@ func TestPublisherMatchesReturnsToTheirMessages(t *testing.T) {
 	brokertest.Need(t)
 	queue := "test_returns_" + brokertest.Namespace(t)
 	ch := brokertest.Channel(t)
-	_, err := ch.QueueDeclare(queue, false, false, false, false, nil)
+	_, err := ch.QueueDeclare(queue, true, false, false, false, nil) // durable: RabbitMQ 4.3 may deny transient non-exclusive queues
 	require.NoError(t, err)
 	t.Cleanup(func() { _, _ = brokertest.Channel(t).QueueDelete(queue, false, false, false) })
 
