@@ -5,6 +5,9 @@
 #              features, vs net/rpc over TCP); BENCHFLAGS adds flags.
 # make fuzz  — run each codec fuzzer for FUZZTIME (default 50000x; make test runs it).
 # make broker — only make sure a broker answers at $(AMQP_URL).
+# make test-4x — the whole suite again on RabbitMQ 4.3 (Debian forky, in a
+#              debootstrap chroot: scripts/rabbitmq4.sh) with every
+#              deprecated feature denied; rabbitmqctl reaches that node only.
 
 AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export AMQP_URL
@@ -15,7 +18,7 @@ GO ?= go
 FUZZTIME ?= 50000x
 FUZZERS = FuzzMsgPack FuzzJSON FuzzGob
 
-.PHONY: all broker test lint fuzz demo bench clean
+.PHONY: all broker test test-4x lint fuzz demo bench clean
 
 all: test
 
@@ -33,6 +36,14 @@ test: broker lint
 	@bash scripts/interop.sh
 	AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
 	@$(MAKE) --no-print-directory fuzz
+
+# The 4.3 node listens on 5673 beside the 3.10 one and stays up for the next
+# run (scripts/rabbitmq4.sh stop ends it).
+test-4x: lint
+	@bash scripts/interop.sh
+	@bash scripts/rabbitmq4.sh start
+	AMQP_URL=$$(bash scripts/rabbitmq4.sh url) AMQPRPC_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
+	  AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
 
 fuzz:
 	@for f in $(FUZZERS); do \

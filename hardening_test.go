@@ -476,15 +476,15 @@ func (b *Big) Reply(n int, reply *string) error {
 // saying so instead of waiting for its deadline; the handler ran once.
 func TestReplyTooLargeForTheBroker(t *testing.T) {
 	ns := testNamespace(t)
-	maxMessageSize(t, 4096)
+	size := refusedBodySize(t)
 	big := new(Big)
-	startServer(t, ns, newRPCServer(t, big))
-	c := dial(t, ns)
+	startServer(t, ns, newRPCServer(t, big), WithMaxBodySize(2*size))
+	c := dial(t, ns, WithMaxBodySize(2*size))
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	start := time.Now()
 	var r string
-	err := c.CallContext(ctx, "Big.Reply", 8192, &r)
+	err := c.CallContext(ctx, "Big.Reply", size, &r)
 	var se rpc.ServerError
 	require.ErrorAs(t, err, &se)
 	assert.Contains(t, string(se), "the broker refused the reply (failed)")

@@ -119,13 +119,22 @@ func Consumers(t testing.TB, queue string) int {
 
 // Rabbitmqctl runs the broker's control tool, for fault injection and for
 // looking at the broker without touching its queues, and returns its output.
+//
+// AMQPRPC_RABBITMQCTL, if set, is the command (split at spaces, absolute
+// paths) that reaches the broker under test, for example
+// "/path/scripts/rabbitmq4.sh ctl": the tests must never drive another node
+// than the one AMQP_URL points at.
 func Rabbitmqctl(t testing.TB, args ...string) string {
 	t.Helper()
-	path, err := exec.LookPath("rabbitmqctl")
-	if err != nil {
-		path = "/usr/sbin/rabbitmqctl"
+	cmd := strings.Fields(os.Getenv("AMQPRPC_RABBITMQCTL"))
+	if len(cmd) == 0 {
+		path, err := exec.LookPath("rabbitmqctl")
+		if err != nil {
+			path = "/usr/sbin/rabbitmqctl"
+		}
+		cmd = []string{path}
 	}
-	out, err := exec.Command(path, args...).CombinedOutput()
+	out, err := exec.Command(cmd[0], append(cmd[1:], args...)...).CombinedOutput()
 	require.NoError(t, err, "rabbitmqctl %v: %s", args, out)
 	return string(out)
 }
