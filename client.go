@@ -153,7 +153,16 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		Queue:    queue,
 		Prefetch: replyPrefetch,
 		Setup: func(ch *amqp.Channel) error {
-			if err := n.requestSide(subConn)(ch); err != nil {
+			// The request side once, so that the first call has a queue
+			// to wait in; after that only the exchanges the reply queue
+			// needs. Servers declare the request queue too, and the
+			// reply queue must not wait for it: a classic request queue
+			// whose node is down would keep the client from its replies.
+			setup := n.declareExchanges
+			if first {
+				setup = n.requestSide(subConn)
+			}
+			if err := setup(ch); err != nil {
 				return err
 			}
 			if !first && !lost.Load() {
