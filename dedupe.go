@@ -39,7 +39,11 @@ type reply struct {
 	errText string // the error text; empty for a success
 	code    string // headerErrorCode's value, for errors of the server's own
 	body    []byte // the encoded reply, of a success
-	refusal bool   // the error sent when the broker refused the reply
+	// refusal, on the error sent because the broker refused a reply, is
+	// that reply; failed says that the broker refused it for good (it
+	// closed the channel over it), not for now (a negative confirm).
+	refusal *reply
+	failed  bool
 
 	key uint64 // in the dedupe, once kept
 	gen uint64 // the window it was kept in

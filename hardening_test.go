@@ -494,3 +494,45 @@ func TestReplyTooLargeForTheBroker(t *testing.T) {
 	assert.Equal(t, int32(2), big.ran.Load(), "each ran once")
 	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
 }
+
+// A reply that the reply queue refuses for the moment (full, with
+// overflow reject-publish; or on a node that is down) is kept: when the
+// client publishes the call again once its queue takes messages, the copy
+// gets the reply, and the handler does not run again.
+func TestRefusedReplyKeptForTheRepublishedCall(t *testing.T) {
+	ns := testNamespace(t)
+	echo := new(Echo)
+	startServer(t, ns, newRPCServer(t, echo))
+	ch := rawChannel(t)
+	queue := "rpc_" + ns + "_rawpeer_response"
+	_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = rawChannel(t).QueueDelete(queue, false, false, false) })
+	require.NoError(t, ch.QueueBind(queue, "rawpeer", "rpc_"+ns+"_response", false, nil))
+	policy := "amqprpc-test-" + ns
+	rabbitmqctl(t, "set_policy", policy, "^"+queue+"$", `{"max-length":1,"overflow":"reject-publish"}`, "--apply-to", "queues")
+	t.Cleanup(func() { rabbitmqctl(t, "clear_policy", policy) })
+	require.NoError(t, ch.Publish("", queue, false, false, amqp.Publishing{Body: []byte("filler")}))
+	require.Eventually(t, func() bool { return queueMessages(t, queue) == 1 }, 5*time.Second, 10*time.Millisecond)
+
+	call := amqp.Publishing{Type: "Echo.Say", ReplyTo: "rawpeer", CorrelationId: "c1", MessageId: "c1",
+		ContentType: "application/json", Body: []byte(`"kept"`)}
+	require.NoError(t, ch.Publish("rpc_"+ns+"_request", "", false, false, call))
+	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 10*time.Second, 20*time.Millisecond,
+		"the request is settled although its reply was refused")
+	assert.Equal(t, int32(1), echo.ran.Load())
+
+	_, err = ch.QueuePurge(queue, false) // room again
+	require.NoError(t, err)
+	require.NoError(t, ch.Publish("rpc_"+ns+"_request", "", false, false, call)) // the client's republish
+	var d amqp.Delivery
+	require.Eventually(t, func() bool {
+		var ok bool
+		d, ok, err = ch.Get(queue, true)
+		return err == nil && ok
+	}, 10*time.Second, 20*time.Millisecond, "a reply to the copy")
+	assert.Equal(t, "c1", d.CorrelationId)
+	assert.Nil(t, d.Headers[headerError], "the reply kept, not an error")
+	assert.Equal(t, `"kept"`, string(d.Body))
+	assert.Equal(t, int32(1), echo.ran.Load(), "the handler ran once")
+}
