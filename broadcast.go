@@ -69,9 +69,6 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 	deadline, _ := ctx.Deadline()
 	cc := c.codec
 	_, inner := cc.routes.route(serviceMethod, args)
-	if err := transport.CheckName("method name", serviceMethod); err != nil {
-		return nil, err
-	}
 	data, err := cc.codec.Marshal(inner)
 	if err != nil {
 		return nil, fmt.Errorf("amqprpc: encoding args of %s: %w", serviceMethod, err)

@@ -3,7 +3,6 @@ package amqprpc
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/rpc"
 	"sync"
 	"sync/atomic"
@@ -166,12 +165,12 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 				return err
 			}
 			if !first && !lost.Load() {
-				if _, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil); err != nil {
-					var ae *amqp.Error
-					if errors.As(err, &ae) && ae.Code == amqp.NotFound {
-						lost.Store(true) // the next channel declares it
-					}
-					return fmt.Errorf("amqprpc: reply queue %s: %w", queue, err)
+				exists, err := lookUpQueue(subConn, queue)
+				if err != nil {
+					return err
+				}
+				if !exists {
+					lost.Store(true)
 				}
 			}
 			first = false

@@ -180,9 +180,6 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 	}
 	p.ttl = ttl
 	key, args := c.routes.route(r.ServiceMethod, args)
-	if err := checkCall(r.ServiceMethod, key); err != nil {
-		return err
-	}
 	data, err := c.codec.Marshal(args)
 	if err != nil {
 		return fmt.Errorf("amqprpc: encoding args of %s: %w", r.ServiceMethod, err)
@@ -213,15 +210,6 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 		return err
 	}
 	return nil
-}
-
-// checkCall returns an error wrapping ErrTooLong when a call's method name
-// or routing key does not fit an AMQP short string.
-func checkCall(serviceMethod, key string) error {
-	if err := transport.CheckName("method name", serviceMethod); err != nil {
-		return err
-	}
-	return transport.CheckName("routing key", key)
 }
 
 // publish sends pending call p's request; its outcome may end the call.
@@ -345,24 +333,33 @@ func (c *clientCodec) fail(seq uint64, err error) bool {
 	return p != nil
 }
 
-// failLocked queues the completion of p, taken from pending, with err. A
-// call made through Client gets err itself, as its Error (see callInfo);
-// only plain net/rpc users get its text. It reports whether a completion
-// was queued now.
+// failLocked queues the completion of p, taken from pending, with err (see
+// failure); it reports whether it was queued now.
 func (c *clientCodec) failLocked(p *pendingCall, err error) bool {
+	r, now := c.failure(p.seq, p.info, err)
+	if now {
+		c.synth = append(c.synth, r)
+	}
+	return now
+}
+
+// failure returns the completion of call seq failing with err. A call made
+// through Client (info) gets err itself, as its Error (see callInfo); only
+// plain net/rpc users get its text. now is false when the completion is
+// deferred to attach.
+func (c *clientCodec) failure(seq uint64, info *callInfo, err error) (r rpc.Response, now bool) {
 	text := err.Error()
-	if info := p.info; info != nil {
+	if info != nil {
 		info.err = err
 		if info.call == nil {
 			info.deferred = true
-			return false
+			return r, false
 		}
 		if !c.eof { // after EOF net/rpc writes call.Error itself
 			info.call.Error, text = err, ""
 		}
 	}
-	c.synth = append(c.synth, rpc.Response{Seq: p.seq, Error: text})
-	return true
+	return rpc.Response{Seq: seq, Error: text}, true
 }
 
 // attach tells the codec the rpc.Call of a call made through Client, once
@@ -370,7 +367,11 @@ func (c *clientCodec) failLocked(p *pendingCall, err error) bool {
 func (c *clientCodec) attach(info *callInfo, call *rpc.Call) {
 	c.mu.Lock()
 	info.call = call
-	queued := info.deferred && c.failLocked(&pendingCall{seq: info.seq, info: info}, info.err)
+	queued := info.deferred
+	if queued {
+		r, _ := c.failure(info.seq, info, info.err) // call is set: not deferred again
+		c.synth = append(c.synth, r)
+	}
 	c.mu.Unlock()
 	if queued {
 		signal(c.synthReady)
@@ -577,17 +578,14 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 }
 
 // failReply makes r, the completion of call p that readReply is
-// returning, a failure with err (see failLocked); false means it is
-// deferred to attach.
+// returning, a failure with err (see failure); false means it is deferred
+// to attach.
 func (c *clientCodec) failReply(p *pendingCall, r *rpc.Response, err error) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.failLocked(p, err) {
-		*r = c.synth[len(c.synth)-1]
-		c.synth = c.synth[:len(c.synth)-1]
-		return true
-	}
-	return false
+	f, now := c.failure(p.seq, p.info, err)
+	r.Error = f.Error
+	return now
 }
 
 // remoteError returns the error text a reply carries, if it carries one:

@@ -39,11 +39,8 @@ type reply struct {
 	errText string // the error text; empty for a success
 	code    string // headerErrorCode's value, for errors of the server's own
 	body    []byte // the encoded reply, of a success
-	// refusal, on the error sent because the broker refused a reply, is
-	// that reply; failed says that the broker refused it for good (it
-	// closed the channel over it), not for now (a negative confirm).
-	refusal *reply
-	failed  bool
+	refused bool   // the error sent because the broker refused the reply
+	keep    *reply // on that error: the reply to keep if it is refused too
 
 	key uint64 // in the dedupe, once kept
 	gen uint64 // the window it was kept in

@@ -451,26 +451,27 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 	case transport.Abandoned:
 		answered = false
 	default:
-		if r != nil && r.refusal == nil {
-			r.failed = o == transport.Failed
+		if r != nil && !r.refused {
 			c.log.Warn("amqprpc: the broker refused a reply; sending the caller an error instead",
 				"outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
+			// A reply queue that refuses messages now (full, or on a node
+			// that is down) may take them later: if the error is refused
+			// too, the reply is kept for a copy of the call that the
+			// client publishes again. A reply the broker closed the
+			// channel over (too large) is not worth sending again.
+			keep := r
+			if o == transport.Failed {
+				keep = nil
+			}
 			// publishReply settles req again by this one's outcome.
-			_ = c.publishReply(req, &reply{errText: "amqprpc: the broker refused the reply (" + o.String() + ")", refusal: r})
+			_ = c.publishReply(req, &reply{errText: "amqprpc: the broker refused the reply (" + o.String() + ")", refused: true, keep: keep})
 			return
 		}
 		c.log.Warn("amqprpc: the broker refused a reply; the request is rejected, not run again",
 			"outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
 		reject = true
-		// A reply queue that refuses messages now (full, or on a node that
-		// is down) may take them later: a copy of the call that the client
-		// publishes again then gets the reply kept. A reply the broker
-		// closed the channel over (too large) is not worth sending again.
 		if r != nil {
-			r = r.refusal
-		}
-		if o == transport.Failed || (r != nil && r.failed) {
-			r = nil
+			r = r.keep
 		}
 	}
 	c.release1(&req.d, reject, answered)

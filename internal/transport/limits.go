@@ -61,7 +61,7 @@ func CheckExpiry(what string, d time.Duration) error {
 func Check(m *Message) error {
 	names := [...]struct{ what, s string }{
 		{"exchange", m.Exchange}, {"routing key", m.Key},
-		{"type", m.Type}, {"reply_to", m.ReplyTo},
+		{"type (the method name)", m.Type}, {"reply_to", m.ReplyTo},
 		{"correlation_id", m.CorrelationId}, {"message_id", m.MessageId},
 		{"content_type", m.ContentType}, {"content_encoding", m.ContentEncoding},
 		{"expiration", m.Expiration}, {"user_id", m.UserId}, {"app_id", m.AppId},
