@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +32,17 @@ func (l *Ledger) Record(id string, reply *string) error {
 	l.mu.Unlock()
 	*reply = id
 	return nil
+}
+
+// ranMoreThanOnce is the number of calls that ran more than once.
+func (l *Ledger) ranMoreThanOnce() int {
+	n := 0
+	for _, k := range l.counts() {
+		if k != 1 {
+			n++
+		}
+	}
+	return n
 }
 
 func (l *Ledger) counts() map[string]int {
@@ -109,57 +119,22 @@ func TestNoCallLostWhenConnectionsDrop(t *testing.T) {
 	c := dial(t, ns)
 
 	const callers = 48
-	var (
-		calls, failed atomic.Int64
-		stop          = make(chan struct{})
-		wg            sync.WaitGroup
-		firstErr      atomic.Value
-	)
-	for i := 0; i < callers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; ; j++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := fmt.Sprintf("%d-%d", i, j)
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				var reply string
-				err := c.CallContext(ctx, "Ledger.Record", id, &reply)
-				cancel()
-				calls.Add(1)
-				if err != nil || reply != id {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Sprintf("%s: %v (reply %q)", id, err, reply))
-				}
-			}
-		}()
-	}
+	stop := runLoad(callers, func(g, j int) error { return recordCall(c, g, j) })
 	start := time.Now()
 	time.Sleep(1500 * time.Millisecond)
 	rabbitmqctl(t, "close_all_connections", "fault test")
 	time.Sleep(1500 * time.Millisecond)
 	rabbitmqctl(t, "close_all_connections", "fault test")
 	time.Sleep(1500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	res := stop()
 	elapsed := time.Since(start)
 
-	counts := ledger.counts()
-	var twice int
-	for _, n := range counts {
-		if n != 1 {
-			twice++
-		}
-	}
+	twice := ledger.ranMoreThanOnce()
 	t.Logf("%d calls by %d callers in %v with 2 connection drops: %d failed, %d ran more than once, %d replies dropped",
-		calls.Load(), callers, elapsed.Round(time.Millisecond), failed.Load(), twice, c.Dropped())
-	require.Zero(t, failed.Load(), "first failure: %v", firstErr.Load())
+		res.calls, callers, elapsed.Round(time.Millisecond), res.failed, twice, c.Dropped())
+	require.Zero(t, res.failed, "first failure: %v", res.first)
 	assert.Zero(t, twice, "handlers that ran more than once")
-	assert.Equal(t, int(calls.Load()), len(counts), "every call ran")
+	assert.Equal(t, int(res.calls), len(ledger.counts()), "every call ran")
 }
 
 // BadReply's encoding panics, as a user's EncodeMsgpack might.

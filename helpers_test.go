@@ -1,6 +1,7 @@
 package amqprpc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -111,4 +112,64 @@ func dial(t testing.TB, ns string, opts ...Option) *Client {
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, c.Close()) })
 	return c
+}
+
+// loadResult is what runLoad's callers did.
+type loadResult struct {
+	calls, failed int64
+	first         error // the first failure
+}
+
+// runLoad starts callers goroutines that each call call(g, j) for j = 0,
+// 1, ... until stop is called; stop waits for them and returns the counts.
+func runLoad(callers int, call func(g, j int) error) (stop func() loadResult) {
+	var (
+		calls, failed atomic.Int64
+		first         atomic.Pointer[error]
+		done          = make(chan struct{})
+		wg            sync.WaitGroup
+	)
+	for g := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; ; j++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				calls.Add(1)
+				if err := call(g, j); err != nil {
+					failed.Add(1)
+					first.CompareAndSwap(nil, &err)
+				}
+			}
+		}()
+	}
+	return func() loadResult {
+		close(done)
+		wg.Wait()
+		r := loadResult{calls: calls.Load(), failed: failed.Load()}
+		if p := first.Load(); p != nil {
+			r.first = *p
+		}
+		return r
+	}
+}
+
+// recordCall is a runLoad call of Ledger.Record through c, with id
+// "<g>-<j>": an error unless it got its own id back.
+func recordCall(c *Client, g, j int) error {
+	id := fmt.Sprintf("%d-%d", g, j)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var reply string
+	if err := c.CallContext(ctx, "Ledger.Record", id, &reply); err != nil {
+		return fmt.Errorf("%s: %w", id, err)
+	}
+	if reply != id {
+		return fmt.Errorf("%s: reply %q", id, reply)
+	}
+	return nil
 }

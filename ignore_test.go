@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/rpc"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,3 +144,23 @@ func TestHostileIgnoreCount(t *testing.T) {
 type Picky2 struct{}
 
 func (Picky2) Take(arg string, reply *string) error { *reply = "taken"; return nil }
+
+// A request whose headers the broker took but the server cannot publish
+// again (here 70 KiB of them, over the 60 KiB a message's properties may
+// take) is answered with an error when it is ignored, not requeued to be
+// ignored again without end.
+func TestIgnoredRequestWithHeadersTooLargeToPutBack(t *testing.T) {
+	ns := testNamespace(t)
+	picky := &Picky{name: "no"}
+	startServer(t, ns, newRPCServer(t, picky))
+	p := newRawPeer(t, ns)
+	p.send(amqp.Publishing{Type: "Picky.Take", ReplyTo: "rawpeer", CorrelationId: "big", MessageId: "big",
+		ContentType: "application/json", Body: []byte(`"x"`),
+		Headers: amqp.Table{"x-app-context": strings.Repeat("h", 70<<10)}})
+	d := p.reply()
+	assert.Equal(t, "big", d.CorrelationId)
+	assert.Contains(t, d.Headers["error"], "could not be put back")
+	assert.Contains(t, d.Headers["error"], "properties and headers of")
+	assert.Equal(t, int32(1), picky.seen.Load(), "ignored once, then answered")
+	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
+}

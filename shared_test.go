@@ -1,11 +1,8 @@
 package amqprpc
 
 import (
-	"context"
 	"fmt"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,52 +44,24 @@ func TestSharedConnection(t *testing.T) {
 	assert.Equal(t, 2, brokerConnections(t, name))
 
 	const callers = 16
-	var (
-		calls, failed atomic.Int64
-		firstErr      atomic.Value
-		stop          = make(chan struct{})
-		wg            sync.WaitGroup
-	)
-	for g := range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; ; j++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				i := (g + j) % n
-				id := fmt.Sprintf("%d-%d", g, j)
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				var reply string
-				err := clients[i].CallContext(ctx, "Ledger.Record", id, &reply)
-				cancel()
-				calls.Add(1)
-				if err != nil || reply != id {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Sprintf("client %d, %s: %v", i, id, err))
-				}
-			}
-		}()
-	}
+	stop := runLoad(callers, func(g, j int) error {
+		i := (g + j) % n
+		if err := recordCall(clients[i], g, j); err != nil {
+			return fmt.Errorf("client %d, %w", i, err)
+		}
+		return nil
+	})
 	time.Sleep(1500 * time.Millisecond)
 	rabbitmqctl(t, "close_all_connections", "shared connection test")
 	time.Sleep(2500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	res := stop()
 	twice := 0
 	for _, l := range ledgers {
-		for _, k := range l.counts() {
-			if k != 1 {
-				twice++
-			}
-		}
+		twice += l.ranMoreThanOnce()
 	}
 	t.Logf("%d calls by %d callers over %d clients and %d servers on one shared pair, with a connection drop: %d failed, %d ran twice",
-		calls.Load(), callers, n, n, failed.Load(), twice)
-	require.Zero(t, failed.Load(), "first failure: %v", firstErr.Load())
+		res.calls, callers, n, n, res.failed, twice)
+	require.Zero(t, res.failed, "first failure: %v", res.first)
 	assert.Zero(t, twice)
 	assert.Equal(t, 2, brokerConnections(t, name), "redialed as a pair")
 
