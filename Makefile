@@ -8,6 +8,9 @@
 # make test-4x — the whole suite again on RabbitMQ 4.3 (Debian forky, in a
 #              debootstrap chroot: scripts/rabbitmq4.sh) with every
 #              deprecated feature denied; rabbitmqctl reaches that node only.
+# make test-cluster — start a local 3-node cluster (scripts/cluster.sh) and
+#              run the cluster tests: each node stopped for 20 s under load,
+#              quorum and classic request queues (about 7 minutes).
 
 AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export AMQP_URL
@@ -18,7 +21,7 @@ GO ?= go
 FUZZTIME ?= 50000x
 FUZZERS = FuzzMsgPack FuzzJSON FuzzGob
 
-.PHONY: all broker test test-4x lint fuzz demo bench clean
+.PHONY: all broker test test-4x test-cluster lint fuzz demo bench clean
 
 all: test
 
@@ -29,6 +32,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags cluster .
 
 # -p 1: the fault tests restart the broker and cut every connection, which
 # must not hit another package's tests running at the same time.
@@ -44,6 +48,14 @@ test-4x: lint
 	@bash scripts/rabbitmq4.sh start
 	AMQP_URL=$$(bash scripts/rabbitmq4.sh url) AMQPRPC_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
 	  AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
+
+# The cluster tests are behind the build tag "cluster": the other test runs
+# neither build nor skip them. The nodes stay up for the next run
+# (scripts/cluster.sh stop ends them).
+test-cluster: lint
+	@bash scripts/cluster.sh start
+	AMQP_URL=$$(bash scripts/cluster.sh urls | cut -d, -f1) AMQPRPC_RABBITMQCTL="$(CURDIR)/scripts/cluster.sh ctl 1" \
+	  AMQPRPC_REQUIRE_BROKER=1 $(GO) test -tags cluster -race -count=1 -run '^TestCluster' -v -timeout 25m .
 
 fuzz:
 	@for f in $(FUZZERS); do \

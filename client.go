@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/rpc"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -138,45 +137,15 @@ func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 // queue on subConn, and publishes on pubConn; it redoes both after every
 // reconnection. The codec's Close ends with closeConns.
 func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *options, closeConns func() error) (*clientCodec, error) {
-	queue := n.replyQueue(id)
-	if err := transport.CheckName("reply queue name (namespace and client id)", queue); err != nil {
+	queue, err := newReplyQueue(n, id, o, subConn)
+	if err != nil {
 		return nil, err
 	}
-	// lost is set when the reply queue may have lost replies: the broker
-	// cancelled the consumer (the queue was deleted), or the queue was
-	// gone when the consumer came back (expired while the client was
-	// away). The codec then publishes its pending calls again.
-	lost := new(atomic.Bool)
-	first := true
 	replies, err := subConn.Consume(context.Background(), transport.ConsumerConfig{
-		Queue:    queue,
-		Prefetch: replyPrefetch,
-		Setup: func(ch *amqp.Channel) error {
-			// The request side once, so that the first call has a queue
-			// to wait in; after that only the exchanges the reply queue
-			// needs. Servers declare the request queue too, and the
-			// reply queue must not wait for it: a classic request queue
-			// whose node is down would keep the client from its replies.
-			setup := n.declareExchanges
-			if first {
-				setup = n.requestSide(subConn)
-			}
-			if err := setup(ch); err != nil {
-				return err
-			}
-			if !first && !lost.Load() {
-				exists, err := lookUpQueue(subConn, queue)
-				if err != nil {
-					return err
-				}
-				if !exists {
-					lost.Store(true)
-				}
-			}
-			first = false
-			return n.declareReplyQueue(ch, queue, id, o.replyExpiry)
-		},
-		Cancelled: func() { lost.Store(true) },
+		QueueName: queue.Name,
+		Prefetch:  replyPrefetch,
+		Setup:     queue.setup,
+		Cancelled: func() { queue.lost.Store(true) },
 	})
 	if err != nil {
 		return nil, err
@@ -192,8 +161,9 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		opts:     o,
 		pub:      pub,
 		stream:   replies.Stream(),
-		lost:     lost,
-		release:  joinClose(replies.Close, stopPublisher(pub), closeConns, pub.Close),
+		lost:     &queue.lost,
+		lookUps:  newQueueLookups(subConn),
+		release:  joinClose(replies.Close, queue.close, stopPublisher(pub), closeConns, pub.Close),
 	}), nil
 }
 
@@ -237,7 +207,7 @@ func (c *Client) Call(serviceMethod string, args, reply any) error {
 // The completed Call's Error is as CallContext's error would be, except
 // that no context can end it: an rpc.ServerError from the server, or a
 // failure of the client's own (context.DeadlineExceeded after the default
-// call timeout, ErrNoRoute, ErrRefused, ErrBadReply, ...).
+// call timeout, ErrNoRoute, ErrQueueUnavailable, ErrRefused, ErrBadReply, ...).
 func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) *rpc.Call {
 	call, _ := c.start(serviceMethod, args, reply, time.Time{}, done)
 	return call
@@ -262,14 +232,17 @@ func (c *Client) start(serviceMethod string, args, reply any, deadline time.Time
 
 // CallContext invokes serviceMethod and waits for its reply or for ctx to
 // end, whichever comes first. When ctx ends first it returns ctx.Err() at
-// once, frees the call, and any late reply is dropped; the request carries
-// ctx's deadline as its AMQP expiration, so it expires in the broker rather
-// than run late. Without a deadline in ctx the default call timeout applies.
+// once (for a call held for an unavailable queue, an error matching both
+// ctx.Err() and ErrQueueUnavailable), frees the call, and any late reply
+// is dropped; the request carries ctx's deadline as its AMQP expiration,
+// so it expires in the broker rather than run late. Without a deadline in
+// ctx the default call timeout applies.
 //
 // Errors the server sent (a handler's error, an unknown method, args it
 // could not read) are rpc.ServerError values. Failures of the client's own
 // are error values that match, with errors.Is: context.DeadlineExceeded
-// (no reply in time), ErrNoRoute, ErrRefused, ErrTooLong, ErrTooLarge,
+// (no reply in time), ErrNoRoute, ErrQueueUnavailable, ErrRefused,
+// ErrTooLong, ErrTooLarge,
 // ErrBadReply (with codec.ErrShape or codec.ErrMalformed), or
 // rpc.ErrShutdown once the client is closed. A handler cannot pass off its
 // error as one of them.
@@ -282,8 +255,10 @@ func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, re
 	select {
 	case <-call.Done:
 	case <-ctx.Done():
-		if info.sent && c.codec.cancel(info.seq) {
-			return ctx.Err()
+		if info.sent {
+			if err, ok := c.codec.cancel(info.seq, ctx.Err()); ok {
+				return err
+			}
 		}
 		// The reply is being read into reply right now (or the call never
 		// went out): wait the moment it takes, so reply is not written to

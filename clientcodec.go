@@ -93,6 +93,9 @@ type clientCodec struct {
 
 	dropped atomic.Uint64 // replies dropped: unknown ids, duplicates, unreadable
 
+	lookUps    *queueLookups // for returned calls; nil: they fail at once
+	heldLogged time.Time     // when a held call was logged last; under mu
+
 	// queueLost is set when the reply queue may have lost replies: the
 	// broker cancelled its consumer (the queue was deleted) or it was gone
 	// when the consumer came back. The reader then publishes every pending
@@ -107,6 +110,7 @@ type clientCodecConfig struct {
 	pub      *transport.Publisher
 	stream   *transport.Stream
 	lost     *atomic.Bool // see clientCodec.queueLost
+	lookUps  *queueLookups
 	release  func() error
 }
 
@@ -125,6 +129,7 @@ func newClientCodec(cfg clientCodecConfig) *clientCodec {
 		pub:          cfg.pub,
 		stream:       cfg.stream,
 		queueLost:    cfg.lost,
+		lookUps:      cfg.lookUps,
 		release:      cfg.release,
 		synthReady:   make(chan struct{}, 1),
 		timerReset:   make(chan struct{}, 1),
@@ -217,6 +222,10 @@ func (c *clientCodec) publish(p *pendingCall) error {
 	seq, key := p.seq, p.key
 	msg := c.request(key, correlationID(c.prefix, seq), p.method, p.body, p.ttl)
 	return c.pub.Publish(msg, func(o transport.Outcome) {
+		if o == transport.Returned || o == transport.Nacked {
+			go c.refused(p, o) // it asks the broker: not on the publisher's goroutine
+			return
+		}
 		// On Close (ErrShutdown) net/rpc fails the call itself.
 		if err := c.outcomeError(o, key, ""); err != nil && err != rpc.ErrShutdown {
 			c.fail(seq, err)
@@ -336,7 +345,7 @@ func (c *clientCodec) fail(seq uint64, err error) bool {
 // failLocked queues the completion of p, taken from pending, with err (see
 // failure); it reports whether it was queued now.
 func (c *clientCodec) failLocked(p *pendingCall, err error) bool {
-	r, now := c.failure(p.seq, p.info, err)
+	r, now := c.failure(p.seq, p.info, endedWaiting(p, err))
 	if now {
 		c.synth = append(c.synth, r)
 	}
@@ -378,8 +387,24 @@ func (c *clientCodec) attach(info *callInfo, call *rpc.Call) {
 	}
 }
 
-// cancel fails a call whose caller gave up; see CallContext.
-func (c *clientCodec) cancel(seq uint64) bool { return c.fail(seq, errCanceled) }
+// cancel fails call seq, whose caller gave up because of cause (its
+// context's error; see CallContext). It returns the error the caller
+// returns, cause or an unavailableError, and whether the call was still
+// pending.
+func (c *clientCodec) cancel(seq uint64, cause error) (error, bool) {
+	c.mu.Lock()
+	p := c.takeLocked(seq)
+	var queued bool
+	if p != nil {
+		cause = endedWaiting(p, cause)
+		queued = c.failLocked(p, errCanceled)
+	}
+	c.mu.Unlock()
+	if queued {
+		signal(c.synthReady)
+	}
+	return cause, p != nil
+}
 
 // expire is the codec's one timeout goroutine: it fails the calls at the head
 // of the timeout list as their deadline passes.

@@ -25,6 +25,17 @@ var (
 	// (ErrIgnoreRequest) and whose queue then went away ends with it too:
 	// its handler may have run before it was ignored.
 	ErrNoRoute = errors.New("amqprpc: no queue bound for the routing key")
+	// ErrQueueUnavailable means a call's request queue exists but could
+	// not be reached until the call's deadline or context ended it: a
+	// classic queue whose node is down (a classic queue lives on one node
+	// of a cluster; see WithQueueType for quorum queues). The broker
+	// returns such a request as if no queue were bound; the client asks
+	// about the queue and, when it is unavailable, publishes the call again,
+	// a little later each time (up to every 2 s), instead of failing it
+	// with ErrNoRoute. The error also matches the context error that ended
+	// the call (context.DeadlineExceeded, context.Canceled). The call did
+	// not run.
+	ErrQueueUnavailable = errors.New("amqprpc: request queue unavailable")
 	// ErrNamespaceConflict means a namespace is already used with the other
 	// kind of request exchange: a direct (Dial, NewServer) and a fanout
 	// (package fanout) service cannot share a namespace.

@@ -13,6 +13,11 @@ type pendingCall struct {
 	body        []byte
 	ttl         time.Time // its deadline; zero: none
 
+	// heldFor is the unavailable queue the call is held for (see
+	// refused), holds how often; both protected by the codec's mu.
+	heldFor string
+	holds   int
+
 	// deadline is set for calls that nobody else watches (Go, and plain
 	// net/rpc users of NewClientCodec): the codec itself fails them when it
 	// passes. Such calls sit in the codec's timeout list, oldest first.

@@ -91,18 +91,23 @@ func (n names) requestSide(conn *transport.Conn) func(*amqp.Channel) error {
 // adopted whatever its type and arguments, so that operators can declare
 // it first (a quorum queue, say) or set a default queue type on the vhost:
 // declaring it again with other arguments would fail with 406
-// PRECONDITION_FAILED. Whether it exists is asked on a channel of conn's
-// own, because a passive declare of a missing queue closes its channel;
-// with conn nil the queue is declared without asking.
+// PRECONDITION_FAILED. A queue whose node is down is left as it is: it
+// comes back, with its binding, when its node does. Whether it exists is
+// asked on a channel of conn's own, because a passive declare of a missing
+// queue closes its channel; with conn nil the queue is declared without
+// asking.
 func (n names) declareRequestQueue(conn *transport.Conn, ch *amqp.Channel, queue, key string, args amqp.Table) error {
-	exists := false
+	state := queueAbsent
 	if conn != nil {
 		var err error
-		if exists, err = lookUpQueue(conn, queue); err != nil {
+		if state, err = lookUpQueue(conn, queue); err != nil {
 			return err
 		}
 	}
-	if !exists {
+	switch state {
+	case queueUnavailable:
+		return nil
+	case queueAbsent:
 		if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
 			return fmt.Errorf("amqprpc: declare queue %s: %w", queue, err)
 		}
@@ -113,25 +118,35 @@ func (n names) declareRequestQueue(conn *transport.Conn, ch *amqp.Channel, queue
 	return nil
 }
 
-// lookUpQueue reports whether queue exists, asking with a passive declare
-// on a channel of its own.
-func lookUpQueue(conn *transport.Conn, queue string) (bool, error) {
+// queueState is what lookUpQueue finds.
+type queueState int
+
+const (
+	queueAbsent queueState = iota
+	queueReady
+	queueUnavailable // it exists, but its node is down (see transport.QueueDown)
+)
+
+// lookUpQueue says whether queue exists, and if so whether it can be
+// reached, asking with a passive declare on a channel of its own.
+func lookUpQueue(conn *transport.Conn, queue string) (queueState, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ch, err := conn.Channel(ctx)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	defer func() { _ = ch.Close() }() // fails if the broker closed it
 	_, err = ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	var ae *amqp.Error
 	switch {
 	case err == nil:
-		return true, nil
-	case errors.As(err, &ae) && ae.Code == amqp.NotFound:
-		return false, nil
+		return queueReady, nil
+	case transport.QueueMissing(err):
+		return queueAbsent, nil
+	case transport.QueueDown(err):
+		return queueUnavailable, nil
 	}
-	return false, fmt.Errorf("amqprpc: look up queue %s: %w", queue, err)
+	return 0, fmt.Errorf("amqprpc: look up queue %s: %w", queue, err)
 }
 
 // declareExchanges declares the request and response exchanges: what a

@@ -133,6 +133,7 @@ func (c *Conn) watch(conn *amqp.Connection) {
 		c.log.Warn("amqprpc: connection lost; reconnecting", "url", Redact(c.url), "reason", reason)
 
 		var wait time.Duration
+		var rl retryLog
 		for {
 			wait = c.backoff.next(wait)
 			t := time.NewTimer(wait)
@@ -147,7 +148,7 @@ func (c *Conn) watch(conn *amqp.Connection) {
 				conn, cork, c.url = next, nextCork, url
 				break
 			}
-			c.log.Debug("amqprpc: reconnect failed", "err", err, "retry_in", c.backoff.next(wait))
+			rl.failed(c.log, "amqprpc: reconnecting failed; retrying", "err", err, "retry_in", c.backoff.next(wait))
 		}
 		c.setUp(conn, cork)
 		c.log.Info("amqprpc: reconnected", "url", Redact(c.url))

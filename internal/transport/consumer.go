@@ -15,8 +15,11 @@ import (
 
 // ConsumerConfig says what a Consumer consumes and how.
 type ConsumerConfig struct {
-	Queue    string
-	Prefetch int
+	Queue string
+	// QueueName, if set, names the queue at each consume instead of Queue,
+	// after Setup ran: a queue that Setup may move to a new name.
+	QueueName func() string
+	Prefetch  int
 	// Remaining, if set, says how many more deliveries the consumer may
 	// take: a new channel's prefetch is at most that, and at zero the
 	// consumer does not consume again.
@@ -28,8 +31,8 @@ type ConsumerConfig struct {
 	// Cancelled, if set, is called when the broker cancels the consumer
 	// (basic.cancel: its queue was deleted), before it consumes again.
 	Cancelled func()
-	// WaitForQueue makes a missing queue (404 NOT_FOUND) a reason to wait
-	// and look again, every 50 ms at first and then less often, up to every
+	// WaitForQueue makes a missing queue, or one whose node is down (404
+	// NOT_FOUND), a reason to wait and look again, every 50 ms at first and then less often, up to every
 	// second, rather than an error.
 	WaitForQueue bool
 }
@@ -56,7 +59,8 @@ type Consumer struct {
 	cancelled bool                 // by Cancel: consume no more
 }
 
-// errQueueMissing is open's error for a queue that does not exist (yet).
+// errQueueMissing is open's error for a queue that does not exist (yet),
+// or whose node is down (see QueueDown).
 var errQueueMissing = errors.New("queue not found")
 
 // Consume starts consuming. The first attempt is synchronous, waits for the
@@ -129,13 +133,13 @@ func (k *Consumer) open(ctx context.Context) (*sub, error) {
 		if err := ch.Qos(prefetch, 0, false); err != nil {
 			return nil, fmt.Errorf("amqprpc: qos: %w", err)
 		}
-		d, err := ch.Consume(k.cfg.Queue, k.tag, false, false, false, false, nil)
+		queue := k.queue()
+		d, err := ch.Consume(queue, k.tag, false, false, false, false, nil)
 		if err != nil {
-			var ae *amqp.Error
-			if errors.As(err, &ae) && ae.Code == amqp.NotFound {
-				return nil, fmt.Errorf("amqprpc: consume %s: %w: %w", k.cfg.Queue, errQueueMissing, err)
+			if QueueMissing(err) || QueueDown(err) {
+				return nil, fmt.Errorf("amqprpc: consume %s: %w: %w", queue, errQueueMissing, err)
 			}
-			return nil, fmt.Errorf("amqprpc: consume %s: %w", k.cfg.Queue, err)
+			return nil, fmt.Errorf("amqprpc: consume %s: %w", queue, err)
 		}
 		return d, nil
 	}()
@@ -155,12 +159,21 @@ func (k *Consumer) open(ctx context.Context) (*sub, error) {
 	return su, nil
 }
 
+// queue is the name of the queue to consume now.
+func (k *Consumer) queue() string {
+	if k.cfg.QueueName != nil {
+		return k.cfg.QueueName()
+	}
+	return k.cfg.Queue
+}
+
 // run keeps the consumer consuming: it publishes each new channel's
 // deliveries (see Stream), waits for that channel to close or the broker to
 // cancel the consumer, and consumes again, until Close or Cancel.
 func (k *Consumer) run(su *sub) {
 	defer close(k.done)
 	var wait time.Duration
+	var rl retryLog
 	for {
 		if su != nil {
 			k.mu.Lock()
@@ -200,13 +213,14 @@ func (k *Consumer) run(su *sub) {
 		su, err = k.open(k.ctx)
 		if err == nil {
 			wait = 0
+			rl.ok()
 			continue
 		}
 		if errors.Is(err, ErrClosed) || errors.Is(err, errCancelled) || k.ctx.Err() != nil {
 			return
 		}
-		if !errors.Is(err, errQueueMissing) {
-			k.log.Debug("amqprpc: consuming again failed; retrying", "queue", k.cfg.Queue, "err", err)
+		if !errors.Is(err, errQueueMissing) || QueueDown(err) {
+			rl.failed(k.log, "amqprpc: consuming again failed; retrying", "queue", k.queue(), "err", err)
 		}
 		su = nil
 		// Look again soon, then less often: every look at a missing queue

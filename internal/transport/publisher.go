@@ -181,6 +181,7 @@ func (p *Publisher) Publish(m Message, done Confirmed) error {
 func (p *Publisher) run(l *link) {
 	defer close(p.done)
 	var wait time.Duration // before reopening after a channel that failed fast
+	var rl retryLog
 	for {
 		opened := time.Now()
 		unconfirmed := p.serve(l)
@@ -236,13 +237,14 @@ func (p *Publisher) run(l *link) {
 			cancel()
 			switch {
 			case err == nil:
+				rl.ok()
 			case errors.Is(err, ErrClosed) || p.ctx.Err() != nil:
 				p.abandon()
 				return
 			case errors.Is(err, context.DeadlineExceeded):
 				wait = 0 // still down: scan and wait again
 			default:
-				p.log.Debug("amqprpc: reopening the publish channel failed", "err", err)
+				rl.failed(p.log, "amqprpc: reopening the publish channel failed; retrying", "err", err)
 				wait = min(max(2*wait, 50*time.Millisecond), time.Second)
 			}
 		}

@@ -1,0 +1,334 @@
+//go:build cluster
+
+package amqprpc
+
+// The cluster tests run on the local 3-node RabbitMQ cluster that
+// scripts/cluster.sh starts: make test-cluster, which CI runs. They stop
+// one node at a time, for 20 s, under 16 callers: the node holding the
+// request queue (a quorum queue's leader, a classic queue's home), then
+// the server's node, then the client's, and report for each what the
+// callers saw: calls answered and failed, handlers run twice, and the
+// longest time without a successful call. The same figures are in the
+// README's "Running on a cluster".
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const (
+	clusterCallers  = 16
+	clusterOutage   = 20 * time.Second // how long each node stays down
+	clusterDeadline = 30 * time.Second // of each call
+)
+
+// A quorum request queue, and every node's URL on both sides: no call may
+// fail, whichever node stops.
+func TestClusterQuorumSeveralURLs(t *testing.T) {
+	r := runClusterStops(t, QuorumQueue, false)
+	for _, s := range r {
+		assert.Zero(t, s.failed, "stage %s: calls failed: %v", s.name, s.errs)
+	}
+}
+
+// A classic request queue lives on one node: while it is down its calls
+// wait, and those whose deadline comes first fail with
+// ErrQueueUnavailable, never ErrNoRoute (checked by runClusterStops). The
+// other stops cost nothing.
+func TestClusterClassicSeveralURLs(t *testing.T) {
+	r := runClusterStops(t, ClassicQueue, false)
+	for _, s := range r[1:] {
+		assert.Zero(t, s.failed, "stage %s: calls failed: %v", s.name, s.errs)
+	}
+}
+
+// With one URL each, a side whose node stops waits for that node: calls
+// wait, and fail only with their deadline.
+func TestClusterQuorumOneURL(t *testing.T) {
+	r := runClusterStops(t, QuorumQueue, true)
+	assert.Zero(t, r[0].failed, "stage %s: calls failed: %v", r[0].name, r[0].errs)
+}
+
+// clusterStage is what the callers saw while one node was stopped and
+// started again.
+type clusterStage struct {
+	name   string // whose node was stopped
+	node   int
+	shared string // the other roles on that node
+	ok     atomic.Int64
+	failed int64
+	errs   map[string]int
+	twice  int           // calls whose handler ran more than once
+	gap    time.Duration // longest time without a successful call
+	firstJ [clusterCallers]int64
+}
+
+// clusterLoad keeps 16 callers calling Ledger.Record through c and counts
+// what they see, per stage.
+type clusterLoad struct {
+	stage atomic.Pointer[clusterStage]
+	nextJ [clusterCallers]atomic.Int64
+
+	mu      sync.Mutex
+	lastOK  time.Time
+	gapFrom time.Time // the stage's start: gaps are measured from here
+	errs    map[string]int
+	failed  int64
+}
+
+func (l *clusterLoad) call(c *Client, g, j int) error {
+	l.nextJ[g].Store(int64(j) + 1)
+	err := recordCall(c, g, j)
+	now := time.Now()
+	s := l.stage.Load()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err == nil {
+		s.ok.Add(1)
+		from := l.lastOK
+		if from.Before(l.gapFrom) {
+			from = l.gapFrom
+		}
+		if d := now.Sub(from); d > s.gap {
+			s.gap = d
+		}
+		if now.After(l.lastOK) {
+			l.lastOK = now
+		}
+		return nil
+	}
+	kind := "other: " + err.Error()
+	switch {
+	case errors.Is(err, ErrQueueUnavailable):
+		kind = "ErrQueueUnavailable"
+	case errors.Is(err, context.DeadlineExceeded):
+		kind = "context.DeadlineExceeded"
+	case errors.Is(err, ErrNoRoute):
+		kind = "ErrNoRoute"
+	}
+	s.failed++
+	s.errs[kind]++
+	time.Sleep(50 * time.Millisecond) // no spinning on fast failures
+	return err
+}
+
+// runClusterStops serves Ledger on a cluster namespace with request
+// queues of type qt, calls it from 16 callers, stops each role's node in
+// turn, and returns the stages.
+func runClusterStops(t *testing.T, qt QueueType, oneURL bool) []*clusterStage {
+	needBroker(t)
+	urls := strings.Split(strings.TrimSpace(clusterSh(t, "start", "urls")), ",")
+	require.Len(t, urls, 3)
+	serverURL, clientURL := strings.Join(urls, ","), strings.Join(urls, ",")
+	if oneURL {
+		serverURL, clientURL = urls[0], urls[1]
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	ns := "cluster_" + hex.EncodeToString(b)
+	t.Cleanup(func() { deleteClusterNamespace(urls, ns) })
+
+	ledger := new(Ledger)
+	srv, err := NewServer(serverURL, ns, newRPCServer(t, ledger), WithQueueType(qt))
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(context.Background()) }()
+	c, err := Dial(clientURL, ns, WithQueueType(qt))
+	require.NoError(t, err)
+
+	load := &clusterLoad{}
+	warmUp := &clusterStage{name: "warm-up", errs: map[string]int{}}
+	load.stage.Store(warmUp)
+	load.gapFrom = time.Now()
+	stopLoad := runLoad(clusterCallers, func(g, j int) error { return load.call(c, g, j) })
+	var once sync.Once
+	stop := func() { once.Do(func() { stopLoad() }) }
+	t.Cleanup(func() { stop(); _ = c.Close(); _ = srv.Close() }) // if the test fails early
+	time.Sleep(3 * time.Second)
+
+	requestQueue, replyQueue := "rpc_"+ns+"_request", "rpc_"+ns+"_"+c.ID()+"_response"
+	var stages []*clusterStage
+	for _, role := range []string{"queue", "server", "client"} {
+		nodes := map[string]int{
+			"queue":  queueNode(t, requestQueue),
+			"server": consumerNode(t, requestQueue),
+			"client": consumerNode(t, replyQueue),
+		}
+		s := &clusterStage{name: role, node: nodes[role], errs: map[string]int{}}
+		var shared []string
+		for _, other := range []string{"queue", "server", "client"} {
+			if other != role && nodes[other] == s.node {
+				shared = append(shared, other)
+			}
+		}
+		s.shared = strings.Join(shared, "+")
+		for g := range s.firstJ {
+			s.firstJ[g] = load.nextJ[g].Load()
+		}
+		load.mu.Lock()
+		load.gapFrom = time.Now()
+		load.stage.Store(s)
+		load.mu.Unlock()
+		stopped := time.Now()
+		clusterSh(t, "stop-node", fmt.Sprint(s.node))
+		time.Sleep(clusterOutage - time.Since(stopped))
+		clusterSh(t, "start-node", fmt.Sprint(s.node))
+		back := time.Now()
+		// Settled: a success 3 s after the node is back. A minute
+		// without one is a wedge.
+		for {
+			time.Sleep(time.Second)
+			load.mu.Lock()
+			last := load.lastOK
+			load.mu.Unlock()
+			if last.After(back) && time.Since(back) > 3*time.Second {
+				break
+			}
+			require.Less(t, time.Since(last), time.Minute, "stage %s: no successful call for a minute: wedged", role)
+		}
+		stages = append(stages, s)
+	}
+	load.mu.Lock()
+	load.stage.Store(&clusterStage{name: "end", errs: map[string]int{}})
+	load.mu.Unlock()
+	stop()
+	require.NoError(t, c.Close())
+	require.NoError(t, srv.Close())
+	require.NoError(t, <-served)
+
+	counts := ledger.counts()
+	for id, n := range counts {
+		if n < 2 {
+			continue
+		}
+		var g int
+		var j int64
+		_, err := fmt.Sscanf(id, "%d-%d", &g, &j)
+		require.NoError(t, err)
+		for i := len(stages) - 1; i >= 0; i-- {
+			if j >= stages[i].firstJ[g] {
+				stages[i].twice++
+				break
+			}
+		}
+	}
+	for _, s := range stages {
+		on := ""
+		if s.shared != "" {
+			on = " (with the " + s.shared + ")"
+		}
+		t.Logf("cluster %s %s: stopped the %s's node %d%s for %v: %d calls answered, %d failed %v, %d handlers ran twice, longest gap %.1f s",
+			qt, map[bool]string{true: "one URL", false: "3 URLs"}[oneURL], s.name, s.node, on, clusterOutage,
+			s.ok.Load(), s.failed, s.errs, s.twice, s.gap.Seconds())
+		// Whatever the queue type: never the misleading ErrNoRoute, never
+		// a failure of another kind, and handlers run twice only for
+		// requests in flight when the node stopped.
+		for kind := range s.errs {
+			assert.Contains(t, []string{"ErrQueueUnavailable", "context.DeadlineExceeded"}, kind, "stage %s", s.name)
+		}
+		assert.LessOrEqual(t, s.twice, clusterCallers, "stage %s: handlers ran twice", s.name)
+	}
+	return stages
+}
+
+// clusterSh runs scripts/cluster.sh with each of cmds as its arguments
+// (split at spaces), in turn, and returns the last one's output.
+func clusterSh(t *testing.T, cmds ...string) string {
+	t.Helper()
+	var out []byte
+	for _, cmd := range cmds {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		var err error
+		out, err = exec.CommandContext(ctx, "bash", append([]string{"scripts/cluster.sh"}, strings.Fields(cmd)...)...).Output()
+		cancel()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, ee.Stderr)
+		}
+		require.NoError(t, err, "scripts/cluster.sh %s", cmd)
+	}
+	return string(out)
+}
+
+// clusterCtl runs rabbitmqctl on the first node that answers.
+func clusterCtl(t *testing.T, args ...string) string {
+	t.Helper()
+	for n := 1; n <= 3; n++ {
+		out, err := exec.Command("bash", append([]string{"scripts/cluster.sh", "ctl", fmt.Sprint(n)}, args...)...).Output()
+		if err == nil {
+			return string(out)
+		}
+	}
+	t.Fatalf("rabbitmqctl %v: no node answered", args)
+	return ""
+}
+
+var clusterNodeRe = regexp.MustCompile(`rabbit-c([123])@localhost`)
+
+// nodeIn is the cluster node named first in s, 0 if none.
+func nodeIn(s string) int {
+	if m := clusterNodeRe.FindStringSubmatch(s); m != nil {
+		return int(m[1][0] - '0')
+	}
+	return 0
+}
+
+// queueNode is the node of queue: a quorum queue's leader, a classic
+// queue's home.
+func queueNode(t *testing.T, queue string) int {
+	t.Helper()
+	for _, line := range strings.Split(clusterCtl(t, "list_queues", "-q", "--no-table-headers", "name", "leader", "pid"), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == queue {
+			if n := nodeIn(line); n != 0 {
+				return n
+			}
+		}
+	}
+	t.Fatalf("queue %s has no node", queue)
+	return 0
+}
+
+// consumerNode is the node of the channel consuming the queue whose name
+// starts with prefix (a reply queue may have moved to prefix.N).
+func consumerNode(t *testing.T, prefix string) int {
+	t.Helper()
+	for _, line := range strings.Split(clusterCtl(t, "list_consumers", "-q", "--no-table-headers", "queue_name", "channel_pid"), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[0], prefix) {
+			if n := nodeIn(f[1]); n != 0 {
+				return n
+			}
+		}
+	}
+	t.Fatalf("no consumer of %s", prefix)
+	return 0
+}
+
+// deleteClusterNamespace deletes ns's request queue and exchanges.
+func deleteClusterNamespace(urls []string, ns string) {
+	conn, err := amqp.Dial(urls[0])
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	_, _ = ch.QueueDelete("rpc_"+ns+"_request", false, false, false)
+	_ = ch.ExchangeDelete("rpc_"+ns+"_request", false, false)
+	_ = ch.ExchangeDelete("rpc_"+ns+"_response", false, false)
+}

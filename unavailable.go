@@ -1,0 +1,175 @@
+package amqprpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
+)
+
+// A classic request queue lives on one node of a cluster. While that node
+// is down the queue cannot be reached, and the broker returns a mandatory
+// request routed to it as if no queue were bound (312 NO_ROUTE): the reply
+// is the same as for a queue that does not exist. The client tells them
+// apart by asking the broker about the queue (lookUpQueue). A call whose
+// queue is unavailable is held, not failed: it is published again, a
+// little later each time, until the queue takes it or the call's deadline
+// ends it with an error matching both ErrQueueUnavailable and
+// context.DeadlineExceeded. A quorum queue stays available while a
+// majority of its nodes run (WithQueueType).
+
+// Delays before a held call is published again: the first, doubling up to
+// the last.
+const (
+	heldRetryFirst = 100 * time.Millisecond
+	heldRetryMax   = 2 * time.Second
+)
+
+// queueFor is the request queue that a call routed with key goes to, as far
+// as the client can tell: the main request queue for "", the queue that
+// CreateRequestQueue(key) makes with its default binding otherwise; ""
+// when there can be no such queue (its name would be too long).
+func (n names) queueFor(key string) string {
+	if key == "" {
+		return n.requestQueue
+	}
+	if q, err := n.extraQueue(key); err == nil {
+		return q
+	}
+	return ""
+}
+
+// refused handles call p's request, which the broker returned (o is
+// Returned) or refused (Nacked): if its queue exists but is unavailable, or
+// the client cannot ask now (its connection is down too), p is held and
+// published again after a delay; otherwise it fails with o's error
+// (ErrNoRoute, ErrRefused). A node that is shutting down nacks what it
+// routed to its queues before it returns what it cannot route.
+func (c *clientCodec) refused(p *pendingCall, o transport.Outcome) {
+	queue := c.queueFor(p.key)
+	if c.fanout || queue == "" || c.lookUps == nil || !c.lookUps.unavailable(queue) {
+		c.fail(p.seq, c.outcomeError(o, p.key, ""))
+		return
+	}
+	c.mu.Lock()
+	if c.pending[p.seq] != p {
+		c.mu.Unlock()
+		return // completed meanwhile: timed out, cancelled, closed
+	}
+	p.heldFor = queue
+	delay := min(heldRetryFirst<<min(p.holds, 10), heldRetryMax)
+	p.holds++
+	logIt := time.Since(c.heldLogged) >= heldLogEvery
+	if logIt {
+		c.heldLogged = time.Now()
+	}
+	c.mu.Unlock()
+	if logIt {
+		c.log.Warn("amqprpc: a request queue is unavailable (its node is down?); its calls wait for it until their deadline",
+			"queue", queue, "outcome", o.String())
+	}
+	if !p.ttl.IsZero() && time.Until(p.ttl) < delay {
+		return // its deadline ends it first
+	}
+	time.AfterFunc(delay, func() { c.publishAgain(p) })
+}
+
+// heldLogEvery is how often a client logs that calls are held.
+const heldLogEvery = 30 * time.Second
+
+// publishAgain publishes held call p again, if it is still pending.
+func (c *clientCodec) publishAgain(p *pendingCall) {
+	c.mu.Lock()
+	pending := c.pending[p.seq] == p
+	c.mu.Unlock()
+	if !pending {
+		return
+	}
+	switch err := c.publish(p); {
+	case errors.Is(err, transport.ErrClosed):
+		// Close fails it.
+	case err != nil:
+		c.fail(p.seq, err)
+	}
+}
+
+// unavailableError is the error of a call that was held for its
+// unavailable queue until err (its deadline, or its context) ended it. It
+// matches ErrQueueUnavailable and err.
+type unavailableError struct {
+	queue string
+	err   error
+}
+
+func (e *unavailableError) Error() string {
+	return fmt.Sprintf("amqprpc: request queue %s is unavailable (its node is down?), and the call waited for it: %v", e.queue, e.err)
+}
+
+func (e *unavailableError) Is(target error) bool { return target == ErrQueueUnavailable }
+func (e *unavailableError) Unwrap() error        { return e.err }
+
+// endedWaiting is err, or for a call held for its queue, an
+// unavailableError.
+func endedWaiting(p *pendingCall, err error) error {
+	if p.heldFor == "" || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+		return err
+	}
+	return &unavailableError{queue: p.heldFor, err: err}
+}
+
+// queueLookups asks the broker about request queues for returned calls:
+// one question per queue at a time, its answer shared by every call that
+// asks within lookupFresh.
+type queueLookups struct {
+	conn *transport.Conn
+
+	mu sync.Mutex
+	// protects m
+	m map[string]*lookup
+}
+
+// lookupFresh is how long an answer of queueLookups is used.
+const lookupFresh = 250 * time.Millisecond
+
+type lookup struct {
+	done        chan struct{} // closed once unavailable is known
+	unavailable bool
+	at          time.Time
+}
+
+func newQueueLookups(conn *transport.Conn) *queueLookups {
+	return &queueLookups{conn: conn, m: make(map[string]*lookup)}
+}
+
+// unavailable reports whether queue exists but cannot be reached, or
+// whether it cannot be told because the broker did not answer (the
+// connection is down or going down).
+func (l *queueLookups) unavailable(queue string) bool {
+	l.mu.Lock()
+	lk := l.m[queue]
+	if lk != nil && (!closed(lk.done) || time.Since(lk.at) < lookupFresh) {
+		l.mu.Unlock()
+		<-lk.done
+		return lk.unavailable
+	}
+	for q, old := range l.m { // forget the stale answers
+		if closed(old.done) && time.Since(old.at) >= lookupFresh {
+			delete(l.m, q)
+		}
+	}
+	lk = &lookup{done: make(chan struct{})}
+	l.m[queue] = lk
+	l.mu.Unlock()
+	state, err := lookUpQueue(l.conn, queue)
+	var ae *amqp.Error
+	unanswered := errors.Is(err, amqp.ErrClosed) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.As(err, &ae) && ae.Code == amqp.ConnectionForced
+	lk.unavailable, lk.at = state == queueUnavailable || unanswered, time.Now()
+	close(lk.done)
+	return lk.unavailable
+}
