@@ -184,9 +184,9 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool) []*clusterStage {
 		load.stage.Store(s)
 		load.mu.Unlock()
 		stopped := time.Now()
-		clusterSh(t, "stop-node", fmt.Sprint(s.node))
+		clusterSh(t, fmt.Sprint("stop-node ", s.node))
 		time.Sleep(clusterOutage - time.Since(stopped))
-		clusterSh(t, "start-node", fmt.Sprint(s.node))
+		clusterSh(t, fmt.Sprint("start-node ", s.node))
 		back := time.Now()
 		// Settled: a success 3 s after the node is back. A minute
 		// without one is a wedge.

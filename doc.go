@@ -185,4 +185,18 @@
 // that ran one answers the copy from its reply cache, another server runs
 // it. Codecs made with NewClientCodec and NewServerCodec on a
 // connection of your own do not reconnect.
+//
+// # Clusters
+//
+// Give every side all the nodes' URLs and make the request queues quorum
+// queues ([WithQueueType]): a quorum queue stays available while a majority
+// of its nodes run, so no call fails when one node stops. A classic queue
+// lives on one node, and while that node is down it cannot be reached:
+// calls routed to it are held and published again until it is back or
+// their deadline ends them with [ErrQueueUnavailable]; servers wait for
+// it. Reply queues are classic, on the client's node: when that node is
+// down the client moves its reply queue to a new name (rpc_S_U_response.1,
+// .2, ..., bound with the same key U) on the node it reconnected to,
+// publishes its pending calls again, and deletes the old queue once its
+// node is back.
 package amqprpc

@@ -1,6 +1,7 @@
 package amqprpc
 
 import (
+	"context"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -37,4 +38,20 @@ func TestTimeoutList(t *testing.T) {
 	assert.Nil(t, l.tail)
 	l.push(calls[2])
 	assert.Equal(t, []uint64{2}, l.seqs())
+}
+
+// A call held for an unavailable queue fails at its deadline, or when its
+// context ends, with an error that says so and matches the context error;
+// other failures are left as they are.
+func TestHeldCallErrors(t *testing.T) {
+	held := &pendingCall{heldFor: "rpc_ns_request"}
+	for _, cause := range []error{errTimedOut, context.DeadlineExceeded, context.Canceled} {
+		err := endedWaiting(held, cause)
+		assert.ErrorIs(t, err, ErrQueueUnavailable)
+		assert.ErrorIs(t, err, cause)
+		assert.Contains(t, err.Error(), "request queue rpc_ns_request is unavailable")
+	}
+	assert.Equal(t, ErrRefused, endedWaiting(held, ErrRefused))
+	assert.Equal(t, errTimedOut, endedWaiting(&pendingCall{}, errTimedOut))
+	assert.NotErrorIs(t, endedWaiting(&pendingCall{}, errTimedOut), ErrQueueUnavailable)
 }
