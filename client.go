@@ -9,7 +9,6 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/amqprpc/amqprpc/internal/link"
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
@@ -27,76 +26,6 @@ type Client struct {
 	sendMu    sync.Mutex      // pairs codec.next with its call
 	closeOnce sync.Once
 	closeErr  error
-}
-
-// Dial connects to the broker at url (amqp:// or amqps://), declares the
-// namespace's request side and the client's own reply queue, and returns a
-// client ready for its first call: no sleep is needed, and a call made
-// before any server runs waits in the broker until one does (or until its
-// deadline, when the request expires).
-//
-// url may list the nodes of a cluster, separated by commas
-// ("amqp://u:p@node1:5672/,amqp://u:p@node2:5672/"), each with its own
-// credentials and TLS scheme. Every dial, the first and each one after a
-// lost connection, tries them in a new random order until one answers;
-// the error of a failed first dial names each (without passwords).
-//
-// Dial opens two connections, one to publish and one to consume, so that a
-// broker that blocks publishers cannot stop replies from arriving. Dial
-// blocks until the topology is declared. Close releases everything.
-func Dial(url, namespace string, opts ...Option) (*Client, error) {
-	o, err := newOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	n, err := newNames(namespace, o)
-	if err != nil {
-		return nil, err
-	}
-	id := o.clientID
-	if id == "" {
-		id = randomHex(8)
-	}
-	pubConn, subConn, closeConns, err := connections(url, o, "amqprpc client "+id)
-	if err != nil {
-		return nil, err
-	}
-	cc, err := newClientCodecOn(pubConn, subConn, n, id, o, closeConns)
-	if err != nil {
-		_ = closeConns()
-		return nil, err
-	}
-	return &Client{
-		Client: rpc.NewClientWithCodec(cc),
-		codec:  cc,
-		conn:   subConn,
-	}, nil
-}
-
-// connections returns the publishing and consuming connections a Client or
-// Server runs on, and the func that closes them: the shared ones of
-// WithConnection, which it leaves open, or two of its own to url, named
-// name unless WithConnectionName says otherwise.
-func connections(url string, o *options, name string) (pub, sub *transport.Conn, closeConns func() error, err error) {
-	if o.conn != nil {
-		if url != "" {
-			return nil, nil, nil, errors.New("amqprpc: both a url and WithConnection: give one")
-		}
-		pub, sub = link.Conns(o.conn)
-		return pub, sub, func() error { return nil }, nil
-	}
-	if o.connName != "" {
-		name = o.connName
-	}
-	cfg := transport.Config{TLS: o.tls, Heartbeat: o.heartbeat, Name: name}
-	if pub, err = transport.Open(url, cfg, o.logger); err != nil {
-		return nil, nil, nil, err
-	}
-	if sub, err = transport.Open(url, cfg, o.logger); err != nil {
-		_ = pub.Close()
-		return nil, nil, nil, err
-	}
-	return pub, sub, joinClose(pub.Close, sub.Close), nil
 }
 
 // NewClientCodec returns a net/rpc client codec for namespace on conn, for

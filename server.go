@@ -42,51 +42,6 @@ type Server struct {
 	closeErr    error
 }
 
-// NewServer connects to the broker at url (one URL, or a cluster's nodes
-// separated by commas, as for Dial) and declares the namespace's
-// exchanges and main request queue; it returns once they exist. rcvr holds
-// the services; nil means rpc.DefaultServer, so that rpc.Register(new(Math))
-// just works. Call Serve to start handling requests and Close to release
-// the server's connections.
-func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server, error) {
-	o, err := newOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	n, err := newNames(namespace, o)
-	if err != nil {
-		return nil, err
-	}
-	if rcvr == nil {
-		rcvr = rpc.DefaultServer
-	}
-	pubConn, subConn, closeConns, err := connections(url, o, "amqprpc server "+namespace)
-	if err != nil {
-		return nil, err
-	}
-	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, closeConns: closeConns, active: make(map[*serverCodec]bool)}
-	s.closing, s.stopClosing = context.WithCancel(context.Background())
-	s.seen = newDedupe(o.dedupe, o.replyCache)
-	s.queue, s.setup = n.requestQueue, n.requestSide(subConn)
-	if n.fanout { // a queue of its own, so that it gets every broadcast
-		id := randomHex(8)
-		s.queue = n.fanoutQueue(id)
-		s.setup = func(ch *amqp.Channel) error {
-			return errors.Join(n.requestSide(subConn)(ch), n.declareFanoutQueue(ch, id, o.replyExpiry))
-		}
-	}
-	if err := s.declare(); err != nil {
-		_ = s.closeConns()
-		return nil, err
-	}
-	s.acker = transport.NewAcker()
-	if s.pub, err = transport.NewPublisher(pubConn, o.logger, n.declareExchanges, ackBurst(s.acker, subConn)); err != nil {
-		_ = s.closeConns()
-		return nil, err
-	}
-	return s, nil
-}
-
 func (s *Server) declare() error {
 	ch, err := s.subConn.Channel(context.Background())
 	if err != nil {

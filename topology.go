@@ -11,7 +11,7 @@ import (
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
-// names are the broker objects of one namespace, as documented in doc.go.
+// names are the broker objects of one namespace, as documented in amqprpc.go.
 type names struct {
 	namespace        string
 	fanout           bool   // the request exchange is of type fanout

@@ -10,7 +10,7 @@ import (
 	"github.com/amqprpc/amqprpc/codec"
 )
 
-// The AMQP mapping of a net/rpc call (see doc.go, "Wire format"):
+// The AMQP mapping of a net/rpc call (see amqprpc.go, "Wire format"):
 //
 //	type            ServiceMethod ("Math.SumNumbers")
 //	correlation_id  <random per-client prefix>.<net/rpc seq>

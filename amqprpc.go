@@ -200,3 +200,129 @@
 // publishes its pending calls again, and deletes the old queue once its
 // node is back.
 package amqprpc
+
+import (
+	"context"
+	"errors"
+	"net/rpc"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/amqprpc/amqprpc/internal/link"
+	"github.com/amqprpc/amqprpc/internal/transport"
+)
+
+// Dial connects to the broker at url (amqp:// or amqps://), declares the
+// namespace's request side and the client's own reply queue, and returns a
+// client ready for its first call: no sleep is needed, and a call made
+// before any server runs waits in the broker until one does (or until its
+// deadline, when the request expires).
+//
+// url may list the nodes of a cluster, separated by commas
+// ("amqp://u:p@node1:5672/,amqp://u:p@node2:5672/"), each with its own
+// credentials and TLS scheme. Every dial, the first and each one after a
+// lost connection, tries them in a new random order until one answers;
+// the error of a failed first dial names each (without passwords).
+//
+// Dial opens two connections, one to publish and one to consume, so that a
+// broker that blocks publishers cannot stop replies from arriving. Dial
+// blocks until the topology is declared. Close releases everything.
+func Dial(url, namespace string, opts ...Option) (*Client, error) {
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	n, err := newNames(namespace, o)
+	if err != nil {
+		return nil, err
+	}
+	id := o.clientID
+	if id == "" {
+		id = randomHex(8)
+	}
+	pubConn, subConn, closeConns, err := connections(url, o, "amqprpc client "+id)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := newClientCodecOn(pubConn, subConn, n, id, o, closeConns)
+	if err != nil {
+		_ = closeConns()
+		return nil, err
+	}
+	return &Client{
+		Client: rpc.NewClientWithCodec(cc),
+		codec:  cc,
+		conn:   subConn,
+	}, nil
+}
+
+// connections returns the publishing and consuming connections a Client or
+// Server runs on, and the func that closes them: the shared ones of
+// WithConnection, which it leaves open, or two of its own to url, named
+// name unless WithConnectionName says otherwise.
+func connections(url string, o *options, name string) (pub, sub *transport.Conn, closeConns func() error, err error) {
+	if o.conn != nil {
+		if url != "" {
+			return nil, nil, nil, errors.New("amqprpc: both a url and WithConnection: give one")
+		}
+		pub, sub = link.Conns(o.conn)
+		return pub, sub, func() error { return nil }, nil
+	}
+	if o.connName != "" {
+		name = o.connName
+	}
+	cfg := transport.Config{TLS: o.tls, Heartbeat: o.heartbeat, Name: name}
+	if pub, err = transport.Open(url, cfg, o.logger); err != nil {
+		return nil, nil, nil, err
+	}
+	if sub, err = transport.Open(url, cfg, o.logger); err != nil {
+		_ = pub.Close()
+		return nil, nil, nil, err
+	}
+	return pub, sub, joinClose(pub.Close, sub.Close), nil
+}
+
+// NewServer connects to the broker at url (one URL, or a cluster's nodes
+// separated by commas, as for Dial) and declares the namespace's
+// exchanges and main request queue; it returns once they exist. rcvr holds
+// the services; nil means rpc.DefaultServer, so that rpc.Register(new(Math))
+// just works. Call Serve to start handling requests and Close to release
+// the server's connections.
+func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server, error) {
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	n, err := newNames(namespace, o)
+	if err != nil {
+		return nil, err
+	}
+	if rcvr == nil {
+		rcvr = rpc.DefaultServer
+	}
+	pubConn, subConn, closeConns, err := connections(url, o, "amqprpc server "+namespace)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, closeConns: closeConns, active: make(map[*serverCodec]bool)}
+	s.closing, s.stopClosing = context.WithCancel(context.Background())
+	s.seen = newDedupe(o.dedupe, o.replyCache)
+	s.queue, s.setup = n.requestQueue, n.requestSide(subConn)
+	if n.fanout { // a queue of its own, so that it gets every broadcast
+		id := randomHex(8)
+		s.queue = n.fanoutQueue(id)
+		s.setup = func(ch *amqp.Channel) error {
+			return errors.Join(n.requestSide(subConn)(ch), n.declareFanoutQueue(ch, id, o.replyExpiry))
+		}
+	}
+	if err := s.declare(); err != nil {
+		_ = s.closeConns()
+		return nil, err
+	}
+	s.acker = transport.NewAcker()
+	if s.pub, err = transport.NewPublisher(pubConn, o.logger, n.declareExchanges, ackBurst(s.acker, subConn)); err != nil {
+		_ = s.closeConns()
+		return nil, err
+	}
+	return s, nil
+}
