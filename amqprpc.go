@@ -198,15 +198,14 @@
 // down the client moves its reply queue to a new name (rpc_S_U_response.1,
 // .2, ..., bound with the same key U) on the node it reconnected to,
 // publishes its pending calls again, and deletes the old queue once its
-// node is back.
+// node is back. A fanout server's own queue moves the same way, to a new
+// id.
 package amqprpc
 
 import (
 	"context"
 	"errors"
 	"net/rpc"
-
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/amqprpc/amqprpc/internal/link"
 	"github.com/amqprpc/amqprpc/internal/transport"
@@ -307,13 +306,11 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, closeConns: closeConns, active: make(map[*serverCodec]bool)}
 	s.closing, s.stopClosing = context.WithCancel(context.Background())
 	s.seen = newDedupe(o.dedupe, o.replyCache)
-	s.queue, s.setup = n.requestQueue, n.requestSide(subConn)
+	s.queue = func() string { return n.requestQueue }
+	s.setup = n.requestSide(subConn)
 	if n.fanout { // a queue of its own, so that it gets every broadcast
-		id := randomHex(8)
-		s.queue = n.fanoutQueue(id)
-		s.setup = func(ch *amqp.Channel) error {
-			return errors.Join(n.requestSide(subConn)(ch), n.declareFanoutQueue(ch, id, o.replyExpiry))
-		}
+		q := &fanoutQueue{names: n, expiry: o.replyExpiry, conn: subConn, log: o.logger, id: randomHex(8)}
+		s.queue, s.setup = q.Name, q.setup
 	}
 	if err := s.declare(); err != nil {
 		_ = s.closeConns()

@@ -28,6 +28,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/amqprpc/amqprpc/internal/link"
 )
 
 const (
@@ -61,6 +63,49 @@ func TestClusterClassicSeveralURLs(t *testing.T) {
 func TestClusterQuorumOneURL(t *testing.T) {
 	r := runClusterStops(t, QuorumQueue, true)
 	assert.Zero(t, r[0].failed, "stage %s: calls failed: %v", r[0].name, r[0].errs)
+}
+
+// A fanout server whose own queue's node stops declares a new queue on the
+// node it reconnects to, and gets broadcasts again while that node is
+// still down.
+func TestClusterFanoutServerQueueMoves(t *testing.T) {
+	needBroker(t)
+	urls := strings.TrimSpace(clusterSh(t, "start", "urls"))
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	ns := "cluster_" + hex.EncodeToString(b)
+	t.Cleanup(func() { deleteClusterNamespace(strings.Split(urls, ","), ns) })
+	fanout := link.Fanout().(Option)
+	srv, err := NewServer(urls, ns, newRPCServer(t, new(Echo)), fanout)
+	require.NoError(t, err)
+	serveUntilEnd(t, srv.Serve, srv.Close)
+	c, err := Dial(urls, ns, fanout)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, c.Close()) })
+	broadcast := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		got, err := c.callAll(ctx, "Echo.Say", "hi", func() any { return new(string) }, 1)
+		if err == nil && (len(got) != 1 || got[0].Err != nil) {
+			err = fmt.Errorf("results %+v", got)
+		}
+		return err
+	}
+	require.NoError(t, broadcast())
+
+	node := queueNode(t, "rpc_"+ns+"_fanout_")
+	stopped := time.Now()
+	clusterSh(t, fmt.Sprint("stop-node ", node))
+	defer clusterSh(t, fmt.Sprint("start-node ", node))
+	var err2 error
+	for time.Since(stopped) < clusterOutage {
+		if err2 = broadcast(); err2 == nil {
+			break
+		}
+	}
+	require.NoError(t, err2, "no broadcast answered while node %d was down", node)
+	t.Logf("cluster fanout: the server's queue's node %d stopped; a broadcast was answered %.1f s later, the node still down",
+		node, time.Since(stopped).Seconds())
 }
 
 // clusterStage is what the callers saw while one node was stopped and
@@ -287,18 +332,18 @@ func nodeIn(s string) int {
 	return 0
 }
 
-// queueNode is the node of queue: a quorum queue's leader, a classic
-// queue's home.
-func queueNode(t *testing.T, queue string) int {
+// queueNode is the node of the queue whose name starts with prefix: a
+// quorum queue's leader, a classic queue's home.
+func queueNode(t *testing.T, prefix string) int {
 	t.Helper()
 	for _, line := range strings.Split(clusterCtl(t, "list_queues", "-q", "--no-table-headers", "name", "leader", "pid"), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && f[0] == queue {
+		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[0], prefix) {
 			if n := nodeIn(line); n != 0 {
 				return n
 			}
 		}
 	}
-	t.Fatalf("queue %s has no node", queue)
+	t.Fatalf("queue %s has no node", prefix)
 	return 0
 }
 

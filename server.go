@@ -3,6 +3,7 @@ package amqprpc
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/rpc"
 	"sync"
 	"time"
@@ -26,7 +27,7 @@ type Server struct {
 	pub        *transport.Publisher
 	acker      *transport.Acker          // acks requests, gathered per burst of reply confirms
 	seen       *dedupe                   // calls answered recently, shared by all consumers
-	queue      string                    // that Serve consumes
+	queue      func() string             // that Serve consumes
 	setup      func(*amqp.Channel) error // declares what Serve needs
 
 	mu sync.Mutex
@@ -61,7 +62,7 @@ func (s *Server) declare() error {
 // start consuming, ErrServing while another Serve runs, and ErrClosed
 // after Close. Serve may be called again after it returned.
 func (s *Server) Serve(ctx context.Context) error {
-	c, err := s.start(ctx, transport.ConsumerConfig{Queue: s.queue, Prefetch: s.opts.prefetch, Setup: s.setup, WaitForQueue: true}, 0, true)
+	c, err := s.start(ctx, transport.ConsumerConfig{QueueName: s.queue, Prefetch: s.opts.prefetch, Setup: s.setup, WaitForQueue: true}, 0, true)
 	if err != nil {
 		return err
 	}
@@ -205,8 +206,52 @@ func (s *Server) deleteQueue() {
 	if err != nil {
 		return
 	}
-	_, _ = ch.QueueDelete(s.queue, false, false, false)
+	_, _ = ch.QueueDelete(s.queue(), false, false, false)
 	_ = closeChannel(ch)
+}
+
+// fanoutQueue is a fanout server's own queue, rpc_<ns>_fanout_<id>, which
+// gets a copy of every broadcast. It is a classic queue on the node the
+// server was connected to when it declared it; when that node is down the
+// server declares a queue with a new id on the node it is connected to
+// now, so that it gets broadcasts again at once rather than when the node
+// is back. The old queue, once its node is back, is deleted by the broker
+// after WithReplyQueueExpiry without a consumer.
+type fanoutQueue struct {
+	names  names
+	expiry time.Duration
+	conn   *transport.Conn
+	log    *slog.Logger
+
+	mu sync.Mutex
+	id string // protected by mu
+}
+
+// Name is the queue's name now.
+func (q *fanoutQueue) Name() string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.names.fanoutQueue(q.id)
+}
+
+// setup is the consumer's Setup: the exchanges, then the queue, which
+// moves to a new id when its node is down.
+func (q *fanoutQueue) setup(ch *amqp.Channel) error {
+	if err := q.names.requestSide(q.conn)(ch); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	id := q.id
+	q.mu.Unlock()
+	err := q.names.declareFanoutQueue(ch, id, q.expiry)
+	if transport.QueueDown(err) {
+		q.mu.Lock()
+		q.id = randomHex(8)
+		q.mu.Unlock()
+		q.log.Warn("amqprpc: the fanout server's queue is on a node that is down; declaring a new one",
+			"queue", q.names.fanoutQueue(id), "new_queue", q.Name())
+	}
+	return err
 }
 
 // NewServerCodec returns a net/rpc server codec that reads the namespace's
