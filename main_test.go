@@ -26,4 +26,5 @@ var (
 	consumers     = brokertest.Consumers
 	rabbitmqctl   = brokertest.Rabbitmqctl
 	serveUntilEnd = brokertest.Serve
+	newProxy      = brokertest.NewProxy
 )

@@ -5,39 +5,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/Shopify/toxiproxy/v2"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// faultyLink starts an in-process toxiproxy in front of the broker and
-// returns it with the broker URL that goes through it.
-func faultyLink(t *testing.T) (*toxiproxy.Proxy, string) {
-	t.Helper()
-	needBroker(t)
-	u, err := url.Parse(brokerURL())
-	require.NoError(t, err)
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	proxy := toxiproxy.NewProxy(srv, "amqp", "127.0.0.1:0", u.Host)
-	require.NoError(t, proxy.Start())
-	t.Cleanup(proxy.Stop)
-	u.Host = proxy.Listen
-	return proxy, u.String()
-}
-
-func addToxic(t *testing.T, proxy *toxiproxy.Proxy, json string) {
-	t.Helper()
-	_, err := proxy.Toxics.AddToxicJson(strings.NewReader(json))
-	require.NoError(t, err)
-}
 
 // syncBuffer is a log destination safe for concurrent writers.
 type syncBuffer struct {
@@ -62,7 +37,7 @@ func (b *syncBuffer) String() string {
 // reconnects and the call made meanwhile completes within its deadline.
 func TestBlackHoledConnection(t *testing.T) {
 	ns := testNamespace(t)
-	proxy, viaProxy := faultyLink(t)
+	proxy, viaProxy := newProxy(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	var logs syncBuffer
 	c, err := Dial(viaProxy, ns, WithHeartbeat(time.Second),
@@ -72,8 +47,7 @@ func TestBlackHoledConnection(t *testing.T) {
 	var sum int
 	require.NoError(t, c.Call("Math.SumNumbers", []int{1}, &sum))
 
-	addToxic(t, proxy, `{"name":"down","type":"timeout","stream":"downstream","attributes":{"timeout":0}}`)
-	addToxic(t, proxy, `{"name":"up","type":"timeout","stream":"upstream","attributes":{"timeout":0}}`)
+	proxy.Blackhole(true)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
@@ -81,7 +55,7 @@ func TestBlackHoledConnection(t *testing.T) {
 
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "connection lost") }, 30*time.Second, 50*time.Millisecond,
 		"the heartbeat notices the dead link")
-	proxy.Toxics.ResetToxics(context.Background())
+	proxy.Blackhole(false)
 	require.NoError(t, <-done)
 	assert.Equal(t, 42, sum)
 	assert.Contains(t, logs.String(), "reconnected")
@@ -90,14 +64,13 @@ func TestBlackHoledConnection(t *testing.T) {
 // A slow link (200 ms each way) delays calls but loses none.
 func TestSlowConnection(t *testing.T) {
 	ns := testNamespace(t)
-	proxy, viaProxy := faultyLink(t)
+	proxy, viaProxy := newProxy(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	c, err := Dial(viaProxy, ns)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, c.Close()) })
 
-	addToxic(t, proxy, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":200,"jitter":50}}`)
-	addToxic(t, proxy, `{"name":"slow_up","type":"latency","stream":"upstream","attributes":{"latency":200,"jitter":50}}`)
+	proxy.Latency(200*time.Millisecond, 50*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -126,7 +99,7 @@ func TestSlowConnection(t *testing.T) {
 // runs, one with time left completes once the connection is back.
 func TestCallWhileDisconnected(t *testing.T) {
 	ns := testNamespace(t)
-	proxy, viaProxy := faultyLink(t)
+	proxy, viaProxy := newProxy(t)
 	ledger := new(Ledger)
 	startServer(t, ns, newRPCServer(t, ledger))
 	var logs syncBuffer
@@ -168,7 +141,7 @@ func TestReplyQueueExpiredWhileAway(t *testing.T) {
 	ns := testNamespace(t)
 	g := newGate()
 	startServer(t, ns, newRPCServer(t, g))
-	proxy, viaProxy := faultyLink(t)
+	proxy, viaProxy := newProxy(t)
 	logOpt, log := loggedTo()
 	c, err := Dial(viaProxy, ns, WithReplyQueueExpiry(time.Second), logOpt)
 	require.NoError(t, err)
@@ -207,7 +180,7 @@ func TestReplyQueueExpiredWhileAway(t *testing.T) {
 // goes away, and one is the broker itself.
 func TestSeveralBrokerURLs(t *testing.T) {
 	ns := testNamespace(t)
-	proxy, viaProxy := faultyLink(t)
+	proxy, viaProxy := newProxy(t)
 	const dead = "amqp://guest:secret@127.0.0.1:1/"
 	urls := dead + ", " + viaProxy + ", " + brokerURL()
 	logOpt, log := loggedTo()
