@@ -248,11 +248,7 @@ func Dial(url, namespace string, opts ...Option) (*Client, error) {
 		_ = closeConns()
 		return nil, err
 	}
-	return &Client{
-		Client: rpc.NewClientWithCodec(cc),
-		codec:  cc,
-		conn:   subConn,
-	}, nil
+	return &Client{rc: rpc.NewClientWithCodec(cc), codec: cc, conn: subConn}, nil
 }
 
 // connections returns the publishing and consuming connections a Client or

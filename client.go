@@ -13,17 +13,13 @@ import (
 )
 
 // Client calls the net/rpc services of one namespace through RabbitMQ. Call
-// and Go behave as in net/rpc; CallContext adds a context. A Client is safe
-// for concurrent use by many goroutines. Make calls through the Client's own
-// methods: the embedded *rpc.Client's Call and Go skip the pairing of each
-// call with its reply type and deadline, and must not run concurrently with
-// them.
+// and Go behave as in net/rpc (*rpc.Client's methods of the same
+// signatures); CallContext adds a context. A Client is safe for concurrent
+// use by many goroutines.
 type Client struct {
-	*rpc.Client
-
+	rc        *rpc.Client // over codec
 	codec     *clientCodec
 	conn      *transport.Conn // consuming; also for queue management
-	sendMu    sync.Mutex      // pairs codec.next with its call
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -142,19 +138,16 @@ func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) 
 	return call
 }
 
-// start sends a call through rpc.Client.Go, telling the codec where the
-// reply goes and the caller's deadline (zero: the default call timeout).
+// start sends a call through rpc.Client.Go, its args in an envelope that
+// tells the codec where the reply goes and the caller's deadline (zero:
+// the default call timeout).
 func (c *Client) start(serviceMethod string, args, reply any, deadline time.Time, done chan *rpc.Call) (*rpc.Call, *callInfo) {
-	info := &callInfo{reply: reply, deadline: deadline}
-	// net/rpc serialises sends under its own lock anyway; this one only
-	// keeps info paired with its call.
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	c.codec.next = info
-	defer func() { c.codec.next = nil }() // also if a Tune function panics
-	call := c.Client.Go(serviceMethod, args, reply, done)
+	info := &callInfo{args: args, reply: reply, deadline: deadline}
+	call := c.rc.Go(serviceMethod, &callArgs{args: args, info: info}, reply, done)
 	if info.sent {
-		c.codec.attach(info, call)
+		c.codec.attach(info, call) // puts back call.Args
+	} else {
+		call.Args = args // net/rpc failed it already
 	}
 	return call, info
 }
@@ -207,7 +200,7 @@ func (c *Client) Dropped() uint64 { return c.codec.dropped.Load() }
 // use; later calls return nil.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
-		err := c.Client.Close() // closes the codec, which closes the connections
+		err := c.rc.Close() // closes the codec, which closes the connections
 		if errors.Is(err, rpc.ErrShutdown) {
 			err = nil
 		}

@@ -239,7 +239,7 @@ func TestTimedOutCallsAreFreed(t *testing.T) {
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	var sum int
 	require.NoError(t, c.Call("Math.SumNumbers", []int{1}, &sum))
-	assert.Equal(t, 0, rpcPending(c.Client))
+	assert.Equal(t, 0, rpcPending(c.rc))
 }
 
 // Waiting calls cost no goroutine each: 1,000 calls waiting for a server,
@@ -296,4 +296,33 @@ func TestCloseAcksTheRepliesRead(t *testing.T) {
 		require.Equal(t, 0, queueMessages(t, queue), "round %d: replies went back to the queue", round)
 		_, _ = rawChannel(t).QueueDelete(queue, false, false, false)
 	}
+}
+
+// A call's Args are the caller's own, as with net/rpc, whatever the codec
+// was handed with them; a reply that arrives before Go has returned
+// completes the call all the same.
+func TestCallArgsAreTheCallers(t *testing.T) {
+	ns := testNamespace(t)
+	startServer(t, ns, newRPCServer(t, new(Math)))
+	c := dial(t, ns)
+	done := make(chan *rpc.Call, 200)
+	want := make(map[*rpc.Call][]int)
+	for i := range 200 {
+		nums := []int{i, 1}
+		var sum int
+		call := c.Go("Math.SumNumbers", nums, &sum, done)
+		want[call] = nums
+	}
+	for range 200 {
+		call := <-done
+		require.NoError(t, call.Error)
+		assert.Equal(t, want[call], call.Args)
+		nums := want[call]
+		assert.Equal(t, nums[0]+nums[1], *call.Reply.(*int))
+	}
+	routed := To("", []int{2, 3})
+	call := c.Go("Math.SumNumbers", routed, new(int), nil)
+	<-call.Done
+	require.NoError(t, call.Error)
+	assert.Same(t, routed, call.Args)
 }

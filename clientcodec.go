@@ -18,9 +18,19 @@ import (
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
+// callArgs is what Client passes to rpc.Client.Go as a call's args, for
+// WriteRequest to unwrap (as it unwraps To's routing): the caller's args,
+// and what else the codec needs to know about the call. Per-call data
+// thus reaches the codec with the call itself, as in net/rpc/jsonrpc.
+type callArgs struct {
+	args any
+	info *callInfo
+}
+
 // callInfo is what Client hands the codec about the call it is sending,
 // beyond what net/rpc passes to WriteRequest.
 type callInfo struct {
+	args  any // the caller's: attach puts them back in call.Args
 	reply any // decoded into while reading the header
 	// deadline is the caller's own, which the caller enforces (CallContext);
 	// zero means the codec applies the default call timeout.
@@ -31,9 +41,11 @@ type callInfo struct {
 	// reply), which net/rpc could only pass on as text that a handler
 	// could imitate. The codec puts it in call.Error itself, under mu,
 	// and has net/rpc complete the call as a success (whose empty body it
-	// leaves as it is); until Client has attached call (after net/rpc's Go
-	// returned), a failure is deferred to attach.
+	// leaves as it is). Until Client has attached call (after net/rpc's Go
+	// returned), any completion, a failure or a reply (early), is
+	// deferred to attach, which first puts back call.Args.
 	err      error
+	early    *rpc.Response
 	call     *rpc.Call
 	deferred bool
 }
@@ -73,10 +85,6 @@ type clientCodec struct {
 	gatherPrefix string        // of the correlation ids of broadcasts
 	gatherSeq    atomic.Uint64 // numbers broadcasts
 	gathers      map[uint64]*gather
-
-	// next is the call being sent: set by Client around rpc.Client.Go, which
-	// runs WriteRequest on the same goroutine; nil for plain net/rpc users.
-	next *callInfo
 
 	// Read side: net/rpc reads header and body pairs from one goroutine.
 	body      []byte      // body still to decode in ReadResponseBody
@@ -175,9 +183,8 @@ func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
 	p := &pendingCall{seq: r.Seq, method: r.ServiceMethod}
 	args := body
 	var ttl time.Time
-	if info := c.next; info != nil {
-		c.next = nil
-		p.info, p.reply, ttl = info, info.reply, info.deadline
+	if ca, ok := body.(*callArgs); ok { // from Client; plain net/rpc users send args alone
+		args, p.info, p.reply, ttl = ca.args, ca.info, ca.info.reply, ca.info.deadline
 	}
 	if ttl.IsZero() && c.timeout > 0 {
 		ttl = time.Now().Add(c.timeout)
@@ -375,9 +382,13 @@ func (c *clientCodec) failure(seq uint64, info *callInfo, err error) (r rpc.Resp
 // net/rpc's Go has returned it, and delivers a failure that came first.
 func (c *clientCodec) attach(info *callInfo, call *rpc.Call) {
 	c.mu.Lock()
+	call.Args = info.args
 	info.call = call
 	queued := info.deferred
-	if queued {
+	switch {
+	case queued && info.early != nil:
+		c.synth = append(c.synth, *info.early)
+	case queued:
 		r, _ := c.failure(info.seq, info, info.err) // call is set: not deferred again
 		c.synth = append(c.synth, r)
 	}
@@ -585,9 +596,10 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 				return c.failReply(p, r, err)
 			}
 		}
-		return true
+		return c.now(p, r)
 	}
-	if p.reply == nil { // a plain net/rpc caller: decode in ReadResponseBody
+	switch {
+	case p.info == nil: // a plain net/rpc caller: decode in ReadResponseBody
 		cd, err := c.replyCodec(d)
 		if err != nil {
 			r.Error = err.Error()
@@ -595,11 +607,30 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 		}
 		c.bodyCodec, c.body = cd, d.Body
 		return true
+	case p.reply == nil: // nothing to decode into
+	default:
+		if err := c.decodeReply(d, p.reply); err != nil {
+			return c.failReply(p, r, err)
+		}
 	}
-	if err := c.decodeReply(d, p.reply); err != nil {
-		return c.failReply(p, r, err)
+	return c.now(p, r)
+}
+
+// now reports whether r, the completion of call p that readReply is
+// returning, goes to net/rpc now: a call of Client's that is not attached
+// yet gets it through attach instead (see callInfo).
+func (c *clientCodec) now(p *pendingCall, r *rpc.Response) bool {
+	if p.info == nil {
+		return true
 	}
-	return true
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.info.call != nil {
+		return true
+	}
+	early := *r
+	p.info.early, p.info.deferred = &early, true
+	return false
 }
 
 // failReply makes r, the completion of call p that readReply is

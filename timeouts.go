@@ -6,7 +6,7 @@ import "time"
 type pendingCall struct {
 	seq   uint64
 	info  *callInfo // nil for plain net/rpc users
-	reply any       // decoded into while reading the header; nil: in ReadResponseBody
+	reply any       // decoded into while reading the header (a call of Client's)
 
 	// The request, kept to publish it again if the reply queue is lost.
 	method, key string
