@@ -18,7 +18,7 @@ func init() {
 	link.Fanout = func() any {
 		return Option(func(o *options) error { o.fanout = true; return nil })
 	}
-	link.CallAll = func(client any, ctx context.Context, serviceMethod string, args any, newReply func() any, want int) ([]link.Result, error) {
+	link.CallAll = func(ctx context.Context, client any, serviceMethod string, args any, newReply func() any, want int) ([]link.Result, error) {
 		return client.(*Client).callAll(ctx, serviceMethod, args, newReply, want)
 	}
 }

@@ -16,8 +16,10 @@
 //	results, err := client.CallAll(ctx, "Cache.Invalidate", "user:42",
 //		func() any { return new(int) }, 3)
 //
-// Call, Go and CallContext (from the embedded amqprpc.Client) return the
-// first reply, as amphora's fanout client did; later ones are dropped.
+// [Client.Call], [Client.Go] and [Client.CallContext] return the first
+// reply, as amphora's fanout client did; later ones are dropped. A fanout
+// client has no request queues of its own to create or routing to tune: a
+// broadcast reaches every server's queue.
 //
 // # Topology
 //

@@ -39,7 +39,7 @@ func (s *Server) Close() error { return s.s.Close() }
 // Client broadcasts calls to a fanout namespace. It is safe for concurrent
 // use.
 type Client struct {
-	*amqprpc.Client // Call, Go, CallContext: the first reply wins
+	c *amqprpc.Client
 }
 
 // Dial connects to the broker at url (one URL, or a cluster's nodes
@@ -51,8 +51,36 @@ func Dial(url, namespace string, opts ...amqprpc.Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{Client: c}, nil
+	return &Client{c: c}, nil
 }
+
+// Call broadcasts serviceMethod and returns when the first reply arrives,
+// as amqprpc.Client.Call does (later replies are dropped): amphora's
+// fanout client call. Use CallAll for every reply.
+func (c *Client) Call(serviceMethod string, args, reply any) error {
+	return c.c.Call(serviceMethod, args, reply)
+}
+
+// Go broadcasts serviceMethod asynchronously, as amqprpc.Client.Go does;
+// the first reply completes the call.
+func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) *rpc.Call {
+	return c.c.Go(serviceMethod, args, reply, done)
+}
+
+// CallContext broadcasts serviceMethod and waits for the first reply or
+// for ctx to end, as amqprpc.Client.CallContext does.
+func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, reply any) error {
+	return c.c.CallContext(ctx, serviceMethod, args, reply)
+}
+
+// Dropped returns how many replies the client dropped, as
+// amqprpc.Client.Dropped does: for a broadcast made with Call, Go or
+// CallContext, every reply after the first.
+func (c *Client) Dropped() uint64 { return c.c.Dropped() }
+
+// Close fails pending calls with rpc.ErrShutdown and closes the client's
+// connections, as amqprpc.Client.Close does. It is idempotent.
+func (c *Client) Close() error { return c.c.Close() }
 
 // Result is one server's answer to a broadcast.
 type Result struct {
@@ -70,7 +98,7 @@ type Result struct {
 // at once with an error matching amqprpc.ErrNoRoute. Servers that ignore
 // the request (amqprpc.ErrIgnoreRequest) send nothing.
 func (c *Client) CallAll(ctx context.Context, serviceMethod string, args any, newReply func() any, want int) ([]Result, error) {
-	got, err := link.CallAll(c.Client, ctx, serviceMethod, args, newReply, want)
+	got, err := link.CallAll(ctx, c.c, serviceMethod, args, newReply, want)
 	if err != nil {
 		return nil, err
 	}

@@ -22,7 +22,7 @@ var (
 	Fanout func() any
 	// CallAll broadcasts a call from client (an *amqprpc.Client) and
 	// gathers replies; see fanout.Client.CallAll.
-	CallAll func(client any, ctx context.Context, serviceMethod string, args any, newReply func() any, want int) ([]Result, error)
+	CallAll func(ctx context.Context, client any, serviceMethod string, args any, newReply func() any, want int) ([]Result, error)
 	// Conns returns the publishing and consuming connections of a
 	// *transport.Conn (package transport, the public one), which fills it
 	// in its init.
