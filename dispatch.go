@@ -12,7 +12,8 @@ import (
 // serve runs c's calls until ctx ends, Close, c's limit or the loss of c's
 // consumer: each call in a goroutine of its own, as net/rpc does, but with
 // a recover, so that a panicking handler is answered with an error instead
-// of taking the process down. It returns once c's calls are settled.
+// of taking the process down. It returns once c's calls are settled, or
+// when Shutdown gives up waiting for them.
 func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
 	defer s.running.Done()
 	stop := context.AfterFunc(ctx, c.stop)
@@ -28,7 +29,12 @@ func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
 			s.handle(c, req)
 		}()
 	}
-	handlers.Wait()
+	waited := make(chan struct{})
+	go func() { handlers.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-s.abandon: // Shutdown gave up on them
+	}
 	stop()
 	_ = c.Close()
 	s.mu.Lock()

@@ -39,6 +39,8 @@ type Server struct {
 
 	closing     context.Context    // ends with Close
 	stopClosing context.CancelFunc // ends closing
+	abandon     chan struct{}      // closed when Shutdown stops waiting
+	abandonOnce sync.Once
 	closeOnce   sync.Once
 	closeErr    error
 }
@@ -90,7 +92,7 @@ func (s *Server) start(ctx context.Context, cfg transport.ConsumerConfig, limit 
 	s.running.Add(1)
 	s.mu.Unlock()
 
-	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, acker: s.acker, seen: s.seen, limit: limit})
+	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, acker: s.acker, seen: s.seen, limit: limit, abandon: s.abandon})
 	if limit > 0 {
 		cfg.Remaining = c.remaining
 	}
@@ -163,7 +165,9 @@ func (s *Server) ReceiveFromQueue(ctx context.Context, queue string, maxCalls in
 
 // Close stops running Serve and ReceiveFromQueue calls as ctx cancellation
 // would, waits for them to return, and closes the server's connections. It
-// is idempotent and safe for concurrent use; later calls return nil.
+// blocks until the handlers already running have replied, with no limit
+// (see Shutdown for one). It is idempotent and safe for concurrent use;
+// later calls return nil.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
@@ -181,6 +185,27 @@ func (s *Server) Close() error {
 		s.closeErr = errors.Join(s.closeConns(), s.pub.Close())
 	})
 	return s.closeErr
+}
+
+// Shutdown closes the server as Close does, but waits for the handlers
+// already running, and for the broker's confirms of their replies, only
+// until ctx ends, as http.Server.Shutdown does. Then it closes the
+// connections at once and returns ctx.Err(): the requests not answered
+// go back to the queue, for another server (they may run twice), and
+// handlers still running are left to finish on their own, their replies
+// dropped. Serve and ReceiveFromQueue return by then. Otherwise it
+// returns Close's result. Close after Shutdown returns nil.
+func (s *Server) Shutdown(ctx context.Context) error {
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case err := <-closed:
+		return err
+	case <-ctx.Done():
+	}
+	s.abandonOnce.Do(func() { close(s.abandon) })
+	<-closed
+	return ctx.Err()
 }
 
 // ackBurst returns the publisher's burst hook: the acks that a burst of

@@ -174,3 +174,39 @@ func TestDefaultServer(t *testing.T) {
 	require.NoError(t, c.Call("Echo"+ns+".SumNumbers", []int{2, 2}, &sum))
 	assert.Equal(t, 4, sum)
 }
+
+// Shutdown bounds the graceful stop: with a handler that never returns,
+// it gives up when its context ends, Serve returns, and the unanswered
+// request goes back to the queue for another server. With handlers that
+// finish in time it is Close.
+func TestShutdownGivesUpWithItsContext(t *testing.T) {
+	ns := testNamespace(t)
+	g := newGate()
+	t.Cleanup(func() { close(g.release) }) // the stuck handler ends with the test
+	s, err := NewServer(brokerURL(), ns, newRPCServer(t, g))
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(context.Background()) }()
+	c := dial(t, ns)
+	call := c.Go("Gate.Wait", "stuck", new(string), nil)
+	<-g.entered
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	require.ErrorIs(t, s.Shutdown(ctx), context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 5*time.Second, "Shutdown returned soon after its context ended")
+	require.NoError(t, <-served)
+	assert.NoError(t, s.Close(), "Close after Shutdown")
+
+	// The request is back in the queue, and another server answers it.
+	other := newGate()
+	close(other.release)
+	startServer(t, ns, newRPCServer(t, other))
+	<-call.Done
+	require.NoError(t, call.Error)
+	assert.Equal(t, "done stuck", *call.Reply.(*string))
+
+	quick := startServer(t, testNamespace(t), newRPCServer(t, new(Math)))
+	require.NoError(t, quick.Shutdown(context.Background()), "nothing running: as Close")
+}

@@ -48,6 +48,7 @@ type serverCodec struct {
 	cancel  func()       // asks the broker for no more deliveries
 
 	stopping  chan struct{} // closed by stop: no further reads
+	abandon   <-chan struct{} // see serverCodecConfig
 	stopOnce  sync.Once
 	closeOnce sync.Once
 	closeErr  error
@@ -75,6 +76,9 @@ type serverCodecConfig struct {
 	acker *transport.Acker
 	seen  *dedupe
 	limit int // stop after this many well-formed calls; <= 0: no limit
+	// abandon, if not nil, is closed when Close must stop waiting for
+	// replies to be confirmed (Server.Shutdown's context ended).
+	abandon <-chan struct{}
 }
 
 func newServerCodec(cfg serverCodecConfig) *serverCodec {
@@ -87,6 +91,7 @@ func newServerCodec(cfg serverCodecConfig) *serverCodec {
 		acker:    cfg.acker,
 		seen:     cfg.seen,
 		limit:    cfg.limit,
+		abandon:  cfg.abandon,
 		stopping: make(chan struct{}),
 		decided:  make(chan struct{}, 1),
 		pending:  make(map[uint64]*request),
@@ -524,7 +529,7 @@ func (c *serverCodec) forget(req *request, answered bool, r *reply) {
 const closeWait = 30 * time.Second
 
 // Close waits until every reply already written is confirmed and its request
-// settled (at most closeWait), then stops consuming: deliveries not yet read
+// settled (at most closeWait, or until abandon), then stops consuming: deliveries not yet read
 // go back to the queue. It is idempotent.
 func (c *serverCodec) Close() error {
 	c.closeOnce.Do(func() {
@@ -537,6 +542,8 @@ func (c *serverCodec) Close() error {
 		case <-settled:
 		case <-time.After(closeWait):
 			c.log.Warn("amqprpc: closing with replies still unconfirmed; their requests will be redelivered")
+		case <-c.abandon:
+			c.log.Warn("amqprpc: shutting down with calls unanswered or replies unconfirmed; their requests will be redelivered")
 		}
 		// The last acks may still be gathered in a burst of confirms: they
 		// must reach the channel before its close does, or the broker puts
