@@ -207,6 +207,20 @@ func TestShutdownGivesUpWithItsContext(t *testing.T) {
 	require.NoError(t, call.Error)
 	assert.Equal(t, "done stuck", *call.Reply.(*string))
 
-	quick := startServer(t, testNamespace(t), newRPCServer(t, new(Math)))
-	require.NoError(t, quick.Shutdown(context.Background()), "nothing running: as Close")
+	// Handlers that finish in time: Shutdown is Close.
+	ns2 := testNamespace(t)
+	quick, err := NewServer(brokerURL(), ns2, newRPCServer(t, new(Math)))
+	require.NoError(t, err)
+	go func() { served <- quick.Serve(context.Background()) }()
+	var sum int
+	require.NoError(t, dial(t, ns2).Call("Math.SumNumbers", []int{1, 2}, &sum))
+	require.NoError(t, quick.Shutdown(ctx2(t)))
+	require.NoError(t, <-served)
+}
+
+// ctx2 is a context that ends with t, or after a minute.
+func ctx2(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
 }

@@ -47,7 +47,7 @@ type serverCodec struct {
 	release func() error // stops consuming (unacked deliveries go back), once
 	cancel  func()       // asks the broker for no more deliveries
 
-	stopping  chan struct{} // closed by stop: no further reads
+	stopping  chan struct{}   // closed by stop: no further reads
 	abandon   <-chan struct{} // see serverCodecConfig
 	stopOnce  sync.Once
 	closeOnce sync.Once
