@@ -479,16 +479,16 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 			r = r.keep
 		}
 	}
-	c.release1(&req.d, reject, answered)
+	c.settleDelivery(&req.d, reject, answered)
 	c.forget(req, answered, r)
 	c.inflight.Done()
 }
 
-// release1 settles one delivery with the broker: rejected without requeue
+// settleDelivery settles one delivery with the broker: rejected without requeue
 // if reject, acked if done (through the Acker, which may merge it with
 // others), else requeued. A delivery from a channel lost since cannot be
 // settled: the broker has requeued it already.
-func (c *serverCodec) release1(d *amqp.Delivery, reject, done bool) {
+func (c *serverCodec) settleDelivery(d *amqp.Delivery, reject, done bool) {
 	if done && !reject {
 		c.acker.Ack(d)
 		return
@@ -518,7 +518,7 @@ func (c *serverCodec) forget(req *request, answered bool, r *reply) {
 			dup.owner.answerAgain(dup, r)
 			continue
 		}
-		c.release1(&dup.d, false, false)
+		c.settleDelivery(&dup.d, false, false)
 		dup.owner.inflight.Done()
 	}
 	req.key = 0

@@ -124,14 +124,14 @@ func NewPublisher(conn *Conn, log *slog.Logger, setup func(*amqp.Channel) error,
 	return p, nil
 }
 
-// link is one confirm-mode channel with its notification streams.
-type link struct {
+// confirmChannel is one confirm-mode channel with its notification streams.
+type confirmChannel struct {
 	ch       *amqp.Channel
 	confirms chan amqp.Confirmation
 	returns  chan amqp.Return
 }
 
-func (p *Publisher) open(ctx context.Context) (*link, error) {
+func (p *Publisher) open(ctx context.Context) (*confirmChannel, error) {
 	ch, err := p.conn.Channel(ctx)
 	if err != nil {
 		return nil, err
@@ -146,7 +146,7 @@ func (p *Publisher) open(ctx context.Context) (*link, error) {
 		_ = ch.Close()
 		return nil, fmt.Errorf("amqprpc: confirm mode: %w", err)
 	}
-	return &link{
+	return &confirmChannel{
 		ch:       ch,
 		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4096)),
 		returns:  ch.NotifyReturn(make(chan amqp.Return, 1024)),
@@ -178,36 +178,13 @@ func (p *Publisher) Publish(m Message, done Confirmed) error {
 
 // run is the publisher's goroutine: it serves one channel at a time and,
 // when one is lost, opens the next and sends again whatever was unconfirmed.
-func (p *Publisher) run(l *link) {
+func (p *Publisher) run(l *confirmChannel) {
 	defer close(p.done)
 	var wait time.Duration // before reopening after a channel that failed fast
 	var rl retryLog
 	for {
 		opened := time.Now()
-		unconfirmed := p.serve(l)
-		if len(unconfirmed) == 1 && unconfirmed[0].suspect && p.ctx.Err() == nil { // our own Close is no refusal
-			unconfirmed[0].tries++
-		}
-		var failed []*entry
-		kept := unconfirmed[:0]
-		for _, e := range unconfirmed {
-			e.suspect = true
-			if e.tries >= maxTries {
-				failed = append(failed, e)
-			} else {
-				kept = append(kept, e)
-			}
-		}
-		p.mu.Lock()
-		p.queued = append(kept, p.queued...)
-		p.mu.Unlock()
-		for _, e := range failed {
-			p.log.Warn("amqprpc: giving up on a message that keeps losing its channel",
-				"exchange", e.Exchange, "key", e.Key, "correlation_id", e.CorrelationId, "size", len(e.Body), "tries", e.tries)
-			if e.done != nil {
-				e.done(Failed)
-			}
-		}
+		p.requeue(p.serve(l))
 		_ = l.ch.Close()
 
 		// A channel the broker closes right after opening (a message it
@@ -217,36 +194,72 @@ func (p *Publisher) run(l *link) {
 		} else {
 			wait = 0
 		}
-		for l = nil; l == nil; {
-			if wait > 0 {
-				select {
-				case <-p.ctx.Done():
-				case <-time.After(wait):
-				}
+		if l = p.reopen(wait, &rl); l == nil {
+			p.abandon()
+			return
+		}
+	}
+}
+
+// requeue puts the messages a lost channel left unconfirmed back at the
+// head of the queue, as suspects (sent one at a time), and gives up on
+// those that were in flight alone maxTries times.
+func (p *Publisher) requeue(unconfirmed []*entry) {
+	if len(unconfirmed) == 1 && unconfirmed[0].suspect && p.ctx.Err() == nil { // our own Close is no refusal
+		unconfirmed[0].tries++
+	}
+	var failed []*entry
+	kept := unconfirmed[:0]
+	for _, e := range unconfirmed {
+		e.suspect = true
+		if e.tries >= maxTries {
+			failed = append(failed, e)
+		} else {
+			kept = append(kept, e)
+		}
+	}
+	p.mu.Lock()
+	p.queued = append(kept, p.queued...)
+	p.mu.Unlock()
+	for _, e := range failed {
+		p.log.Warn("amqprpc: giving up on a message that keeps losing its channel",
+			"exchange", e.Exchange, "key", e.Key, "correlation_id", e.CorrelationId, "size", len(e.Body), "tries", e.tries)
+		if e.done != nil {
+			e.done(Failed)
+		}
+	}
+}
+
+// reopen opens the next channel, first after wait, and then with backoff
+// while opening fails; it returns nil once the publisher is closed.
+func (p *Publisher) reopen(wait time.Duration, rl *retryLog) *confirmChannel {
+	for {
+		if wait > 0 {
+			select {
+			case <-p.ctx.Done():
+			case <-time.After(wait):
 			}
-			if p.ctx.Err() != nil {
-				p.abandon()
-				return
-			}
-			// While the connection is down, look at the queue every
-			// expiryScan: nothing else drops what expires meanwhile.
-			p.dropExpired()
-			ctx, cancel := context.WithTimeout(p.ctx, expiryScan)
-			var err error
-			l, err = p.open(ctx)
-			cancel()
-			switch {
-			case err == nil:
-				rl.ok()
-			case errors.Is(err, ErrClosed) || p.ctx.Err() != nil:
-				p.abandon()
-				return
-			case errors.Is(err, context.DeadlineExceeded):
-				wait = 0 // still down: scan and wait again
-			default:
-				rl.failed(p.log, "amqprpc: reopening the publish channel failed; retrying", "err", err)
-				wait = min(max(2*wait, 50*time.Millisecond), time.Second)
-			}
+		}
+		if p.ctx.Err() != nil {
+			return nil
+		}
+		// While the connection is down, look at the queue every
+		// expiryScan: nothing else drops what expires meanwhile.
+		p.dropExpired()
+		ctx, cancel := context.WithTimeout(p.ctx, expiryScan)
+		l, err := p.open(ctx)
+		cancel()
+		switch {
+		case err == nil:
+			rl.ok()
+			return l
+		case errors.Is(err, ErrClosed) || p.ctx.Err() != nil:
+			return nil
+		case errors.Is(err, context.DeadlineExceeded):
+			wait = 0 // still down: scan and wait again
+		default:
+			rl.failed(p.log, "amqprpc: reopening the publish channel failed; retrying", "err", err)
+			wait = min(max(2*wait, 50*time.Millisecond), time.Second)
 		}
 	}
 }
@@ -255,170 +268,233 @@ func (p *Publisher) run(l *link) {
 // or the publisher is closed; it returns the messages left unconfirmed, in
 // the order they were sent. Confirms are matched by delivery tag, so one
 // lost confirm cannot shift the others.
-func (p *Publisher) serve(l *link) (unconfirmed []*entry) {
-	sent := make(map[uint64]*entry)
-	var tag uint64 // of the last message sent on l; the broker counts from 1
-	defer func() {
-		tags := make([]uint64, 0, len(sent))
-		for t := range sent {
-			tags = append(tags, t)
-		}
-		slices.Sort(tags)
-		for _, t := range tags {
-			unconfirmed = append(unconfirmed, sent[t])
-		}
-	}()
-	// Returns not yet matched to a confirm.
-	var returned map[returnKey]int
-	p.select1() // send what was queued before l was up
-	wake, stopping, returns := p.wake, p.ctx.Done(), l.returns
-	var chClosed chan struct{} // closed once Close's channel.close is done
-	defer func() {
-		if chClosed != nil {
-			<-chClosed
-		}
-	}()
-	// confirm hands one broker confirm to its message's callback.
-	confirm := func(c amqp.Confirmation) {
-		// A return precedes its message's ack on the wire, and amqp091-go
-		// dispatches both from one goroutine: it is already buffered.
-	drain:
-		for returns != nil {
-			select {
-			case r, ok := <-returns:
-				if !ok {
-					returns = nil
-					break drain
-				}
-				if returned == nil {
-					returned = make(map[returnKey]int)
-				}
-				returned[returnKey{r.ReplyTo, r.CorrelationId, r.MessageId}]++
-			default:
-				break drain
-			}
-		}
-		e := sent[c.DeliveryTag]
-		delete(sent, c.DeliveryTag)
-		if e != nil && e.suspect { // cleared: the next may go
-			e.suspect = false
-			p.select1()
-		}
-		var wasReturned bool
-		if e != nil && e.Mandatory && len(returned) > 0 {
-			k := returnKey{e.ReplyTo, e.CorrelationId, e.MessageId}
-			if wasReturned = returned[k] > 0; wasReturned {
-				if returned[k]--; returned[k] == 0 {
-					delete(returned, k)
-				}
-			}
-		}
-		if wake == nil && stopping != nil && !l.ch.IsClosed() && len(sent) < maxInFlight {
-			wake = p.wake
-			p.select1()
-		}
-		if e == nil || e.done == nil {
-			return
-		}
-		switch {
-		case !c.Ack:
-			e.done(Nacked)
-		case wasReturned:
-			e.done(Returned)
-		default:
-			e.done(Acked)
-		}
-	}
+func (p *Publisher) serve(l *confirmChannel) (unconfirmed []*entry) {
+	s := &session{p: p, l: l, sent: make(map[uint64]*entry), wake: p.wake, stopping: p.ctx.Done(), returns: l.returns}
+	p.nudge() // send what was queued before l was up
 	for {
 		select {
-		case <-stopping:
-			// Close: close the channel, and meanwhile keep taking the
-			// confirms of what was sent until the stream ends (amqp091-go
-			// waits for us to take each one before it handles close-ok).
-			wake, stopping = nil, nil
-			chClosed = make(chan struct{})
-			go func() { _ = l.ch.Close(); close(chClosed) }()
-		case <-wake:
-			p.mu.Lock()
-			n := min(len(p.queued), maxInFlight-len(sent))
-			probing := n > 0 && p.queued[0].suspect // suspects lead the queue
-			if probing {
-				n = 0
-				if len(sent) == 0 {
-					n = 1 // alone; its confirm wakes us for the next
-				}
-			}
-			batch := p.queued[:n:n]
-			// A batch that takes the whole queue leaves it the spare array,
-			// and gives its own back once sent: Publish appends without
-			// allocating a new array every few batches.
-			whole := n > 0 && n == len(p.queued)
-			if whole {
-				p.queued, p.spare = p.spare[:0], nil
-			} else {
-				p.queued = p.queued[n:]
-			}
-			p.mu.Unlock()
-			now := time.Now()
-			uncork := p.conn.Cork() // one write for the whole batch
-			for i, e := range batch {
-				if !e.Deadline.IsZero() {
-					left := e.Deadline.Sub(now).Milliseconds()
-					if left <= 0 {
-						if e.done != nil {
-							e.done(Expired)
-						}
-						continue
-					}
-					e.Expiration = strconv.FormatInt(min(left, MaxExpiry), 10)
-				}
-				if err := l.ch.Publish(e.Exchange, e.Key, e.Mandatory, false, e.Publishing); err != nil {
-					// The channel is gone: keep the rest for the next one,
-					// and take the confirms still buffered until the
-					// stream ends.
-					// (A message amqp091-go cannot encode also lands
-					// here, and costs the connection: Publish's Check
-					// keeps those out, and maxTries bounds the rest.)
-					p.mu.Lock()
-					p.queued = append(batch[i:], p.queued...) // may reuse batch's array
-					p.mu.Unlock()
-					wake, whole = nil, false
-					break
-				}
-				tag++
-				sent[tag] = e
-			}
-			uncork()
-			if probing && len(sent) == 0 && wake != nil {
-				p.select1() // the suspect expired unsent: on to the next
-			}
-			if whole {
-				clear(batch) // the entries now live in sent, or are done
-				p.mu.Lock()
-				p.spare = batch[:0]
-				p.mu.Unlock()
-			}
-			if len(sent) >= maxInFlight {
-				wake = nil // until confirms make room
-			}
+		case <-s.stopping:
+			s.close()
+		case <-s.wake:
+			s.sendBatch()
 		case c, ok := <-l.confirms:
 			if !ok {
-				return
+				s.waitClosed()
+				return s.unconfirmed()
 			}
-			// Take every confirm already there in one go, with the
-			// acks their callbacks send gathered into one write.
-			uncork := p.corkAcks()
-			for ok {
-				confirm(c)
-				select {
-				case c, ok = <-l.confirms:
-				default:
-					ok = false
-				}
-			}
-			uncork()
+			s.confirmBurst(c)
 		}
 	}
+}
+
+// session is serve's state for one channel: the messages sent on it and
+// not yet confirmed, by delivery tag, and the returns not yet matched to
+// a confirm. It belongs to the publisher's goroutine, as amqp091-go's
+// confirms type belongs to its channel.
+type session struct {
+	p        *Publisher
+	l        *confirmChannel
+	sent     map[uint64]*entry
+	tag      uint64            // of the last message sent on l; the broker counts from 1
+	returned map[returnKey]int // returns not yet matched to a confirm
+
+	wake     chan struct{}    // p.wake, or nil while in flight is full, the channel gone, or closing
+	stopping <-chan struct{}  // p's Close; nil once handled
+	returns  chan amqp.Return // l's; nil once it closed
+	closed   chan struct{}    // closed once Close's channel.close is done; nil before
+}
+
+// close closes the channel on the publisher's Close, and meanwhile keeps
+// taking the confirms of what was sent until the stream ends (amqp091-go
+// waits for them to be taken before it handles close-ok).
+func (s *session) close() {
+	s.wake, s.stopping = nil, nil
+	s.closed = make(chan struct{})
+	go func() { _ = s.l.ch.Close(); close(s.closed) }()
+}
+
+// waitClosed waits for close's channel.close, if it began.
+func (s *session) waitClosed() {
+	if s.closed != nil {
+		<-s.closed
+	}
+}
+
+// unconfirmed returns the messages sent and not confirmed, in the order
+// they were sent.
+func (s *session) unconfirmed() []*entry {
+	tags := make([]uint64, 0, len(s.sent))
+	for t := range s.sent {
+		tags = append(tags, t)
+	}
+	slices.Sort(tags)
+	out := make([]*entry, 0, len(tags))
+	for _, t := range tags {
+		out = append(out, s.sent[t])
+	}
+	return out
+}
+
+// sendBatch sends what the queue holds, up to maxInFlight in flight.
+func (s *session) sendBatch() {
+	batch, probing, whole := s.takeBatch()
+	now := time.Now()
+	uncork := s.p.conn.Cork() // one write for the whole batch
+	for i, e := range batch {
+		if !s.setExpiration(e, now) {
+			continue
+		}
+		if err := s.l.ch.Publish(e.Exchange, e.Key, e.Mandatory, false, e.Publishing); err != nil {
+			// The channel is gone: keep the rest for the next one, and
+			// take the confirms still buffered until the stream ends. (A
+			// message amqp091-go cannot encode also lands here, and
+			// costs the connection: Publish's Check keeps those out, and
+			// maxTries bounds the rest.)
+			s.p.mu.Lock()
+			s.p.queued = append(batch[i:], s.p.queued...) // may reuse batch's array
+			s.p.mu.Unlock()
+			s.wake, whole = nil, false
+			break
+		}
+		s.tag++
+		s.sent[s.tag] = e
+	}
+	uncork()
+	if probing && len(s.sent) == 0 && s.wake != nil {
+		s.p.nudge() // the suspect expired unsent: on to the next
+	}
+	if whole {
+		clear(batch) // the entries now live in sent, or are done
+		s.p.mu.Lock()
+		s.p.spare = batch[:0]
+		s.p.mu.Unlock()
+	}
+	if len(s.sent) >= maxInFlight {
+		s.wake = nil // until confirms make room
+	}
+}
+
+// takeBatch takes the messages to send now off the queue: as many as fit
+// in flight, or while suspects lead the queue, one alone. whole says that
+// the batch is the queue's whole array, which the queue then gives up for
+// the spare one: Publish appends without allocating a new array every few
+// batches, and sendBatch gives it back as the spare once sent.
+func (s *session) takeBatch() (batch []*entry, probing, whole bool) {
+	p := s.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := min(len(p.queued), maxInFlight-len(s.sent))
+	probing = n > 0 && p.queued[0].suspect
+	if probing {
+		n = 0
+		if len(s.sent) == 0 {
+			n = 1 // alone; its confirm wakes us for the next
+		}
+	}
+	batch = p.queued[:n:n]
+	whole = n > 0 && n == len(p.queued)
+	if whole {
+		p.queued, p.spare = p.spare[:0], nil
+	} else {
+		p.queued = p.queued[n:]
+	}
+	return batch, probing, whole
+}
+
+// setExpiration sets e's Expiration from its Deadline, as of now, and
+// reports whether it is still worth sending; one that is not is Expired.
+func (s *session) setExpiration(e *entry, now time.Time) bool {
+	if e.Deadline.IsZero() {
+		return true
+	}
+	left := e.Deadline.Sub(now).Milliseconds()
+	if left <= 0 {
+		if e.done != nil {
+			e.done(Expired)
+		}
+		return false
+	}
+	e.Expiration = strconv.FormatInt(min(left, MaxExpiry), 10)
+	return true
+}
+
+// confirmBurst hands out c and every confirm already buffered behind it,
+// with the acks their callbacks send gathered into one write.
+func (s *session) confirmBurst(c amqp.Confirmation) {
+	uncork := s.p.corkAcks()
+	defer uncork()
+	for ok := true; ok; {
+		s.confirm(c)
+		select {
+		case c, ok = <-s.l.confirms:
+		default:
+			ok = false
+		}
+	}
+}
+
+// confirm hands one broker confirm to its message's callback.
+func (s *session) confirm(c amqp.Confirmation) {
+	s.takeReturns()
+	e := s.sent[c.DeliveryTag]
+	delete(s.sent, c.DeliveryTag)
+	if e != nil && e.suspect { // cleared: the next may go
+		e.suspect = false
+		s.p.nudge()
+	}
+	wasReturned := e != nil && s.wasReturned(e)
+	if s.wake == nil && s.stopping != nil && !s.l.ch.IsClosed() && len(s.sent) < maxInFlight {
+		s.wake = s.p.wake
+		s.p.nudge()
+	}
+	if e == nil || e.done == nil {
+		return
+	}
+	switch {
+	case !c.Ack:
+		e.done(Nacked)
+	case wasReturned:
+		e.done(Returned)
+	default:
+		e.done(Acked)
+	}
+}
+
+// takeReturns records the returns buffered so far. A return precedes its
+// message's ack on the wire, and amqp091-go dispatches both from one
+// goroutine: by the ack, its return is already buffered.
+func (s *session) takeReturns() {
+	for s.returns != nil {
+		select {
+		case r, ok := <-s.returns:
+			if !ok {
+				s.returns = nil
+				return
+			}
+			if s.returned == nil {
+				s.returned = make(map[returnKey]int)
+			}
+			s.returned[returnKey{r.ReplyTo, r.CorrelationId, r.MessageId}]++
+		default:
+			return
+		}
+	}
+}
+
+// wasReturned reports whether mandatory message e came back, and if so
+// counts its return as matched.
+func (s *session) wasReturned(e *entry) bool {
+	if !e.Mandatory || len(s.returned) == 0 {
+		return false
+	}
+	k := returnKey{e.ReplyTo, e.CorrelationId, e.MessageId}
+	if s.returned[k] == 0 {
+		return false
+	}
+	if s.returned[k]--; s.returned[k] == 0 {
+		delete(s.returned, k)
+	}
+	return true
 }
 
 // returnKey tells mandatory messages apart among the returns.
@@ -438,8 +514,8 @@ func (p *Publisher) corkAcks() (end func()) {
 	return p.burst()
 }
 
-// select1 makes sure serve looks at the queue at least once.
-func (p *Publisher) select1() {
+// nudge makes sure serve looks at the queue at least once more.
+func (p *Publisher) nudge() {
 	select {
 	case p.wake <- struct{}{}:
 	default:
