@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"net/rpc"
 	"sync"
-	"time"
+	"sync/atomic"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -21,6 +21,15 @@ func init() {
 	link.CallAll = func(ctx context.Context, client any, serviceMethod string, args any, newReply func() any, want int) ([]link.Result, error) {
 		return client.(*Client).callAll(ctx, serviceMethod, args, newReply, want)
 	}
+}
+
+// broadcasts is a client codec's state for CallAll: each broadcast is
+// numbered under its own correlation id prefix, and its replies go to its
+// gather rather than to net/rpc. gathers is protected by the codec's mu.
+type broadcasts struct {
+	gatherPrefix string        // of the correlation ids of broadcasts
+	gatherSeq    atomic.Uint64 // numbers broadcasts
+	gathers      map[uint64]*gather
 }
 
 // gather collects every reply to one broadcast; see callAll. Its replies
@@ -144,11 +153,3 @@ const ignoreLimit = 10
 // headerIgnored counts, on a request put back after ErrIgnoreRequest, how
 // many times servers ignored it.
 const headerIgnored = "x-amqprpc-ignored"
-
-// ignoreDelay is how long a direct server holds a request it ignored for
-// the n-th time before putting it back: 50 ms, doubling, at most 500 ms, so
-// that an ignored request cannot spin through the queue.
-func ignoreDelay(n int) time.Duration {
-	d := 50 * time.Millisecond << min(max(n, 0), 4)
-	return min(d, 500*time.Millisecond)
-}

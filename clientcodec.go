@@ -82,22 +82,12 @@ type clientCodec struct {
 
 	routes routes // Tune's functions
 
-	gatherPrefix string        // of the correlation ids of broadcasts
-	gatherSeq    atomic.Uint64 // numbers broadcasts
-	gathers      map[uint64]*gather
+	broadcasts // CallAll's; its gathers are protected by mu too
 
 	// Read side: net/rpc reads header and body pairs from one goroutine.
 	body      []byte      // body still to decode in ReadResponseBody
 	bodyCodec codec.Codec // its codec; nil: nothing to decode
-	// The replies read and not acked yet: the reader acks them, and so does
-	// Close, before it closes the channel.
-	ackMu sync.Mutex
-	// protects the four fields below
-	unacked      amqp.Acknowledger // channel of the replies read but not acked yet
-	unackedTag   uint64            // the last of them
-	unackedN     int
-	unackedSince time.Time   // when the oldest of them was read
-	ackTimer     *time.Timer // fires when they are due
+	acks      *replyAcker // the replies read and not acked yet
 
 	dropped atomic.Uint64 // replies dropped: unknown ids, duplicates, unreadable
 
@@ -124,51 +114,32 @@ type clientCodecConfig struct {
 
 func newClientCodec(cfg clientCodecConfig) *clientCodec {
 	c := &clientCodec{
-		names:        cfg.names,
-		replyTo:      cfg.clientID,
-		prefix:       randomHex(6) + ".",
-		gatherPrefix: randomHex(6) + ".",
-		gathers:      make(map[uint64]*gather),
-		codec:        cfg.opts.codec,
-		maxBody:      cfg.opts.maxBody,
-		timeout:      cfg.opts.callTimeout,
-		delivery:     deliveryMode(cfg.opts.persistent),
-		log:          cfg.opts.logger,
-		pub:          cfg.pub,
-		stream:       cfg.stream,
-		queueLost:    cfg.lost,
-		lookUps:      cfg.lookUps,
-		release:      cfg.release,
-		synthReady:   make(chan struct{}, 1),
-		timerReset:   make(chan struct{}, 1),
-		closed:       make(chan struct{}),
-		pending:      make(map[uint64]*pendingCall),
+		names:      cfg.names,
+		replyTo:    cfg.clientID,
+		prefix:     randomHex(6) + ".",
+		broadcasts: broadcasts{gatherPrefix: randomHex(6) + ".", gathers: make(map[uint64]*gather)},
+		codec:      cfg.opts.codec,
+		maxBody:    cfg.opts.maxBody,
+		timeout:    cfg.opts.callTimeout,
+		delivery:   deliveryMode(cfg.opts.persistent),
+		log:        cfg.opts.logger,
+		pub:        cfg.pub,
+		stream:     cfg.stream,
+		queueLost:  cfg.lost,
+		lookUps:    cfg.lookUps,
+		release:    cfg.release,
+		synthReady: make(chan struct{}, 1),
+		timerReset: make(chan struct{}, 1),
+		closed:     make(chan struct{}),
+		pending:    make(map[uint64]*pendingCall),
+		acks:       newReplyAcker(),
 	}
 	if c.queueLost == nil {
 		c.queueLost = new(atomic.Bool)
 	}
-	c.ackTimer = time.NewTimer(time.Hour)
-	c.ackTimer.Stop()
 	c.wg.Add(1)
 	go c.expire()
 	return c
-}
-
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
-// closed reports whether ch, a channel that is only ever closed, is.
-func closed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
 }
 
 // WriteRequest publishes one call. net/rpc serialises calls to it. It returns
@@ -417,40 +388,6 @@ func (c *clientCodec) cancel(seq uint64, cause error) (error, bool) {
 	return cause, p != nil
 }
 
-// expire is the codec's one timeout goroutine: it fails the calls at the head
-// of the timeout list as their deadline passes.
-func (c *clientCodec) expire() {
-	defer c.wg.Done()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		c.mu.Lock()
-		now := time.Now()
-		var expired int
-		for p := c.timeouts.head; p != nil && !p.deadline.After(now); p = c.timeouts.head {
-			c.takeLocked(p.seq)
-			if c.failLocked(p, errTimedOut) {
-				expired++
-			}
-		}
-		wait := time.Hour
-		if h := c.timeouts.head; h != nil {
-			wait = h.deadline.Sub(now)
-		}
-		c.mu.Unlock()
-		if expired > 0 {
-			signal(c.synthReady)
-		}
-		timer.Reset(wait)
-		select {
-		case <-timer.C:
-		case <-c.timerReset:
-		case <-c.closed:
-			return
-		}
-	}
-}
-
 // ReadResponseHeader returns the next completion: a reply from the reply
 // queue or a failure the codec made up (timeout, cancel, refusal). Replies
 // that match no pending call (unknown or forged ids, duplicates, replies to
@@ -470,33 +407,19 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 		}
 		c.mu.Unlock()
 
-		var ackDue <-chan time.Time // armed while replies wait for their ack
-		c.ackMu.Lock()
-		waiting, since := c.unacked != nil, c.unackedSince
-		c.ackMu.Unlock()
-		if waiting {
-			wait := replyAckDelay - time.Since(since)
-			if wait <= 0 {
-				c.flushAcks()
-			} else {
-				c.ackTimer.Reset(wait)
-				ackDue = c.ackTimer.C
-			}
-		}
+		ackDue := c.acks.due() // armed while replies wait for their ack
 		select {
 		case d, ok := <-c.stream.Deliveries():
 			if !ok { // the channel was lost: the next one's replies follow
 				c.stream.Lost()
-				c.ackMu.Lock()
-				c.unacked, c.unackedN = nil, 0 // the broker requeued them
-				c.ackMu.Unlock()
+				c.acks.lost()
 				continue
 			}
 			if c.readReply(&d, r) {
 				return nil
 			}
 		case <-ackDue:
-			c.flushAcks()
+			c.acks.flush()
 		case <-c.stream.Next():
 			c.stream.Switch()
 			if c.queueLost.Swap(false) {
@@ -506,7 +429,7 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 			return c.end()
 		case <-c.synthReady:
 		case <-c.closed:
-			c.flushAcks()
+			c.acks.flush()
 			return c.end()
 		}
 	}
@@ -521,52 +444,9 @@ func (c *clientCodec) end() error {
 	return io.EOF
 }
 
-// Replies are acked together, with one multiple ack for up to
-// replyAckBatch of them or after replyAckDelay: each ack costs the broker
-// about as much CPU as the reply itself (measured: 17 us per call on the
-// benchmark machine when every burst was acked at once). Unacked replies
-// are only at risk if the connection drops, and then the broker redelivers
-// them and the client drops the duplicates. replyPrefetch is far above the
-// batch, so the broker never waits for these acks.
-const (
-	replyAckBatch = 64
-	replyAckDelay = 20 * time.Millisecond
-)
-
-// ackLater notes that d was read.
-func (c *clientCodec) ackLater(d *amqp.Delivery) {
-	c.ackMu.Lock()
-	defer c.ackMu.Unlock()
-	if c.unacked != nil && c.unacked != d.Acknowledger {
-		c.flushAcksLocked() // a new channel: acks never cross channels
-	}
-	if c.unacked == nil {
-		c.unackedSince = time.Now()
-	}
-	c.unacked, c.unackedTag = d.Acknowledger, d.DeliveryTag
-	if c.unackedN++; c.unackedN >= replyAckBatch {
-		c.flushAcksLocked()
-	}
-}
-
-// flushAcks acks every reply read so far on the current channel.
-func (c *clientCodec) flushAcks() {
-	c.ackMu.Lock()
-	defer c.ackMu.Unlock()
-	c.flushAcksLocked()
-}
-
-func (c *clientCodec) flushAcksLocked() {
-	if c.unacked == nil {
-		return
-	}
-	_ = c.unacked.Ack(c.unackedTag, true) // fails only if the channel is gone: then the broker requeued them
-	c.unacked, c.unackedN = nil, 0
-}
-
 // readReply turns delivery d into r; false means d was dropped.
 func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
-	c.ackLater(d)
+	c.acks.add(d)
 	seq, ok := parseCorrelationID(c.prefix, d.CorrelationId)
 	var p *pendingCall
 	if ok {
@@ -709,7 +589,7 @@ func (c *clientCodec) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.closed)
 		c.wg.Wait()
-		c.flushAcks() // before the channel closes, or the broker requeues them
+		c.acks.flush() // before the channel closes, or the broker requeues them
 		if c.release != nil {
 			c.closeErr = c.release()
 		}

@@ -60,3 +60,37 @@ func (l *timeoutList) remove(p *pendingCall) {
 	}
 	p.prev, p.next = nil, nil
 }
+
+// expire is the codec's one timeout goroutine: it fails the calls at the head
+// of the timeout list as their deadline passes.
+func (c *clientCodec) expire() {
+	defer c.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		c.mu.Lock()
+		now := time.Now()
+		var expired int
+		for p := c.timeouts.head; p != nil && !p.deadline.After(now); p = c.timeouts.head {
+			c.takeLocked(p.seq)
+			if c.failLocked(p, errTimedOut) {
+				expired++
+			}
+		}
+		wait := time.Hour
+		if h := c.timeouts.head; h != nil {
+			wait = h.deadline.Sub(now)
+		}
+		c.mu.Unlock()
+		if expired > 0 {
+			signal(c.synthReady)
+		}
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-c.timerReset:
+		case <-c.closed:
+			return
+		}
+	}
+}
