@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/rpc"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/amqprpc/amqprpc/internal/brokertest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -19,13 +22,13 @@ import (
 // t, put the watermark back as it was.
 func memoryAlarm(t *testing.T) (lift func()) {
 	t.Helper()
-	restore := watermarkArgs(t, lastLine(rabbitmqctl(t, "eval", "vm_memory_monitor:get_vm_memory_high_watermark().")))
+	restore := watermarkArgs(t, lastLine(brokertest.Rabbitmqctl(t, "eval", "vm_memory_monitor:get_vm_memory_high_watermark().")))
 	var once sync.Once
 	lift = func() {
-		once.Do(func() { rabbitmqctl(t, append([]string{"set_vm_memory_high_watermark"}, restore...)...) })
+		once.Do(func() { brokertest.Rabbitmqctl(t, append([]string{"set_vm_memory_high_watermark"}, restore...)...) })
 	}
 	t.Cleanup(lift)
-	rabbitmqctl(t, "set_vm_memory_high_watermark", "0")
+	brokertest.Rabbitmqctl(t, "set_vm_memory_high_watermark", "0")
 	return lift
 }
 
@@ -56,7 +59,7 @@ func lastLine(s string) string {
 // blockedConnections counts the broker's connections whose name contains
 // name and that are blocked: they published during an alarm and are paused.
 func blockedConnections(t *testing.T, name string) int {
-	out := rabbitmqctl(t, "list_connections", "client_properties", "state", "-q", "--formatter", "json")
+	out := brokertest.Rabbitmqctl(t, "list_connections", "client_properties", "state", "-q", "--formatter", "json")
 	var conns []struct {
 		ClientProperties [][]json.RawMessage `json:"client_properties"`
 		State            string              `json:"state"`
@@ -79,7 +82,7 @@ func blockedConnections(t *testing.T, name string) int {
 // Calls made meanwhile wait, and are not lost: they complete once it clears,
 // each run once.
 func TestCallsDuringMemoryAlarm(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	ledger := new(Ledger)
 	startServer(t, ns, newRPCServer(t, ledger))
 	c := dial(t, ns, WithConnectionName("alarm test client "+ns))
@@ -125,9 +128,9 @@ const closeBound = 8 * time.Second
 // publishing connection (it stops reading it, close handshake included),
 // and fails the call that was waiting.
 func TestCloseDuringMemoryAlarm(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Ledger)))
-	c, err := Dial(brokerURL(), ns, WithConnectionName("alarm test client "+ns))
+	c, err := Dial(brokertest.URL(), ns, WithConnectionName("alarm test client "+ns))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() }) // Close is idempotent
 	var reply string
@@ -147,7 +150,7 @@ func TestCloseDuringMemoryAlarm(t *testing.T) {
 	assert.Greater(t, took, 4*time.Second, "the broker does not answer a blocked connection's close: the cut ended it")
 	select {
 	case err := <-done:
-		assert.ErrorIs(t, err, ErrShutdown)
+		assert.ErrorIs(t, err, rpc.ErrShutdown)
 	case <-time.After(5 * time.Second):
 		t.Fatal("the waiting call did not end with Close")
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -18,7 +20,7 @@ import (
 )
 
 func TestTutorialCalls(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	c := dial(t, ns)
 
@@ -34,11 +36,11 @@ func TestTutorialCalls(t *testing.T) {
 // A call made before any server exists waits in the broker: Dial declared
 // the request side, so no sleep is needed.
 func TestCallBeforeServerStarts(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
 	var sum int
 	call := c.Go("Math.SumNumbers", []int{5, 6}, &sum, nil)
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 10*time.Millisecond,
 		"the request waits in the queue")
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	<-call.Done
@@ -47,7 +49,7 @@ func TestCallBeforeServerStarts(t *testing.T) {
 }
 
 func TestRemoteErrors(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	c := dial(t, ns)
 
@@ -73,7 +75,7 @@ func TestRemoteErrors(t *testing.T) {
 // Clients with different codecs share one server, which answers each in the
 // codec of its request. gob is decoded only by servers configured for it.
 func TestCodecsShareAServer(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	for _, cd := range []codec.Codec{codec.MsgPack, codec.JSON} {
 		t.Run(cd.ContentType(), func(t *testing.T) {
@@ -90,7 +92,7 @@ func TestCodecsShareAServer(t *testing.T) {
 		assert.ErrorContains(t, err, `unknown content type "application/x-gob"`)
 	})
 	t.Run("gob when the server uses it", func(t *testing.T) {
-		ns := testNamespace(t)
+		ns := brokertest.Namespace(t)
 		startServer(t, ns, newRPCServer(t, new(Math)), WithCodec(codec.Gob))
 		c := dial(t, ns, WithCodec(codec.Gob))
 		var sum int
@@ -102,9 +104,9 @@ func TestCodecsShareAServer(t *testing.T) {
 // The wire mapping, seen by a hand-written AMQP peer standing in for the
 // server.
 func TestWireMapping(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns, WithCodec(codec.JSON))
-	ch := rawChannel(t)
+	ch := brokertest.Channel(t)
 	deliveries, err := ch.Consume("rpc_"+ns+"_request", "", false, false, false, false, nil)
 	require.NoError(t, err)
 
@@ -142,7 +144,7 @@ func TestWireMapping(t *testing.T) {
 }
 
 func TestCallContextDeadline(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	g := newGate()
 	startServer(t, ns, newRPCServer(t, g))
 	c := dial(t, ns)
@@ -162,11 +164,11 @@ func TestCallContextDeadline(t *testing.T) {
 }
 
 func TestCallContextCancel(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 10*time.Millisecond)
+		require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 10*time.Millisecond)
 		cancel()
 	}()
 	var sum int
@@ -178,13 +180,13 @@ func TestCallContextCancel(t *testing.T) {
 // A request whose caller gave up expires in the broker instead of running
 // late.
 func TestRequestExpiresInBroker(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	var sum int
 	require.ErrorIs(t, c.CallContext(ctx, "Math.SumNumbers", []int{1}, &sum), context.DeadlineExceeded)
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 10*time.Second, 20*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 0 }, 10*time.Second, 20*time.Millisecond,
 		"the broker drops the expired request")
 
 	g := newGate()
@@ -196,7 +198,7 @@ func TestRequestExpiresInBroker(t *testing.T) {
 
 // Call and Go without context use the default call timeout.
 func TestDefaultCallTimeout(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns, WithCallTimeout(150*time.Millisecond))
 	var sum int
 	err := c.Call("Math.SumNumbers", []int{1}, &sum)
@@ -211,7 +213,7 @@ func TestDefaultCallTimeout(t *testing.T) {
 
 // 100k calls that time out leave nothing behind, in the codec or in net/rpc.
 func TestTimedOutCallsAreFreed(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
 	const callers, calls = 64, 100_000
 	errs := make(chan error, callers)
@@ -246,7 +248,7 @@ func TestTimedOutCallsAreFreed(t *testing.T) {
 // each with its own deadline, add none to the process; they all complete
 // once a server comes.
 func TestWaitingCallsAddNoGoroutines(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
 	before := runtime.NumGoroutine()
 	calls := make([]*rpc.Call, 1000)
@@ -264,11 +266,11 @@ func TestWaitingCallsAddNoGoroutines(t *testing.T) {
 }
 
 func TestClientClose(t *testing.T) {
-	needBroker(t)
+	brokertest.Need(t)
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // runs after every other cleanup
-	ns := testNamespace(t)
-	c, err := Dial(brokerURL(), ns)
+	ns := brokertest.Namespace(t)
+	c, err := Dial(brokertest.URL(), ns)
 	require.NoError(t, err)
 	call := c.Go("Math.SumNumbers", []int{1}, new(int), nil)
 	require.NoError(t, c.Close())
@@ -281,10 +283,10 @@ func TestClientClose(t *testing.T) {
 // Close acks the replies it has read: none goes back to the reply queue
 // (where a client that reuses the id would get them again).
 func TestCloseAcksTheRepliesRead(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Ledger)))
 	for round := range 3 {
-		c, err := Dial(brokerURL(), ns)
+		c, err := Dial(brokertest.URL(), ns)
 		require.NoError(t, err)
 		var reply string
 		for i := range 10 { // fewer than a batch of acks
@@ -293,8 +295,8 @@ func TestCloseAcksTheRepliesRead(t *testing.T) {
 		queue := "rpc_" + ns + "_" + c.ID() + "_response"
 		require.NoError(t, c.Close())
 		time.Sleep(100 * time.Millisecond)
-		require.Equal(t, 0, queueMessages(t, queue), "round %d: replies went back to the queue", round)
-		_, _ = rawChannel(t).QueueDelete(queue, false, false, false)
+		require.Equal(t, 0, brokertest.Messages(t, queue), "round %d: replies went back to the queue", round)
+		_, _ = brokertest.Channel(t).QueueDelete(queue, false, false, false)
 	}
 }
 
@@ -302,7 +304,7 @@ func TestCloseAcksTheRepliesRead(t *testing.T) {
 // was handed with them; a reply that arrives before Go has returned
 // completes the call all the same.
 func TestCallArgsAreTheCallers(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	c := dial(t, ns)
 	done := make(chan *rpc.Call, 200)

@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -69,7 +71,7 @@ func TestClusterQuorumOneURL(t *testing.T) {
 // node it reconnects to, and gets broadcasts again while that node is
 // still down.
 func TestClusterFanoutServerQueueMoves(t *testing.T) {
-	needBroker(t)
+	brokertest.Need(t)
 	urls := strings.TrimSpace(clusterSh(t, "start", "urls"))
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
@@ -78,7 +80,7 @@ func TestClusterFanoutServerQueueMoves(t *testing.T) {
 	fanout := link.Fanout().(Option)
 	srv, err := NewServer(urls, ns, newRPCServer(t, new(Echo)), fanout)
 	require.NoError(t, err)
-	serveUntilEnd(t, srv.Serve, srv.Close)
+	brokertest.Serve(t, srv.Serve, srv.Close)
 	c, err := Dial(urls, ns, fanout)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, c.Close()) })
@@ -175,7 +177,7 @@ func (l *clusterLoad) call(c *Client, g, j int) error {
 // queues of type qt, calls it from 16 callers, stops each role's node in
 // turn, and returns the stages.
 func runClusterStops(t *testing.T, qt QueueType, oneURL bool) []*clusterStage {
-	needBroker(t)
+	brokertest.Need(t)
 	urls := strings.Split(strings.TrimSpace(clusterSh(t, "start", "urls")), ",")
 	require.Len(t, urls, 3)
 	serverURL, clientURL := strings.Join(urls, ","), strings.Join(urls, ",")

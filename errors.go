@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/rpc"
 
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
@@ -44,12 +43,16 @@ var (
 	// a request (return it as is: net/rpc passes only its text). A fanout
 	// server then sends no reply and acks the request. A direct server puts
 	// the request back for another server to take, a little later each time;
-	// after ten tries the caller gets an error saying that no server took
-	// it. If the queue is gone when the request is put back, the caller
+	// after ten tries the caller gets an error matching ErrNotTaken. If the queue is gone when the request is put back, the caller
 	// gets an error matching ErrNoRoute at once. What is put back is the
 	// request as received: a []byte argument shares its memory, so change
 	// it in place only if you answer.
 	ErrIgnoreRequest = errors.New("amqprpc: request ignored")
+	// ErrNotTaken means that every server that took a direct request
+	// ignored it (ErrIgnoreRequest), ten times in all: no server wanted
+	// the call, and none ran it to the end. The error's text says how many
+	// times.
+	ErrNotTaken = errors.New("amqprpc: no server took the request")
 	// ErrRefused means the broker refused to take a request: a negative
 	// publisher confirm (a queue full with overflow reject-publish, say),
 	// in which case the call was not run, or a channel the broker closed
@@ -73,9 +76,6 @@ var (
 	ErrBadReply = errors.New("amqprpc: unreadable reply")
 )
 
-// ErrShutdown is rpc.ErrShutdown, returned by calls on a closed client.
-var ErrShutdown = rpc.ErrShutdown
-
 // Local failures: the client itself ends these calls, with these errors
 // as they are (see callInfo), never as an rpc.ServerError.
 var (
@@ -84,6 +84,9 @@ var (
 	errAbandoned = fmt.Errorf("%w: request given up: the broker closed the channel on it again and again (too large?)", ErrRefused)
 )
 
-// errConsumerEnded is Serve's error when the broker or the network ended the
-// request consumer.
+// errConsumerEnded is Serve's and ReceiveFromQueue's error when the
+// consumer ended for good, which happens only on a connection of the
+// user's own (NewServerCodec, or a shared connection closed under the
+// server): a Server's own connections reconnect. It is not exported: there
+// is nothing to do about it but to look at the connection.
 var errConsumerEnded = errors.New("amqprpc: request consumer ended: connection or channel closed")

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -65,7 +67,7 @@ func (Panicky) Fine(msg string, reply *string) error { *reply = msg; return nil 
 // A panicking handler is answered with an error and acked; the server keeps
 // serving.
 func TestHandlerPanicIsRecovered(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, Panicky{}))
 	c := dial(t, ns)
 	var reply string
@@ -74,7 +76,7 @@ func TestHandlerPanicIsRecovered(t *testing.T) {
 	assert.Contains(t, err.Error(), "Panicky.Boom panicked: kaboom")
 	require.NoError(t, c.Call("Panicky.Fine", "still here", &reply))
 	assert.Equal(t, "still here", reply)
-	assert.Equal(t, 0, queueDepth(t, "rpc_"+ns+"_request"))
+	assert.Equal(t, 0, brokertest.QueueDepth(t, "rpc_"+ns+"_request"))
 }
 
 // The same request published again (as a client does when it lost the
@@ -82,7 +84,7 @@ func TestHandlerPanicIsRecovered(t *testing.T) {
 // it runs waits for its reply, one that comes after it is answered again
 // with the reply kept, not acked silently.
 func TestDuplicateRequestRunsOnce(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	g := newGate()
 	startServer(t, ns, newRPCServer(t, g))
 	p := newRawPeer(t, ns)
@@ -91,7 +93,7 @@ func TestDuplicateRequestRunsOnce(t *testing.T) {
 	p.send(msg)
 	<-g.entered
 	p.send(msg) // while the first runs: parked behind it
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
 	close(g.release)
 	first := p.reply()
 	assert.Equal(t, "dup", first.CorrelationId)
@@ -105,7 +107,7 @@ func TestDuplicateRequestRunsOnce(t *testing.T) {
 		assert.Equal(t, first.Body, again.Body, label)
 		assert.Nil(t, again.Headers[headerError], label)
 	}
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 50*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 50*time.Millisecond,
 		"ready and unacked")
 	assert.Equal(t, int32(1), g.ran.Load(), "the handler ran once")
 }
@@ -113,7 +115,7 @@ func TestDuplicateRequestRunsOnce(t *testing.T) {
 // The broker closes every connection twice while 48 callers call for
 // several seconds: no call fails, and every handler ran once per call.
 func TestNoCallLostWhenConnectionsDrop(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	ledger := new(Ledger)
 	startServer(t, ns, newRPCServer(t, ledger))
 	c := dial(t, ns)
@@ -122,9 +124,9 @@ func TestNoCallLostWhenConnectionsDrop(t *testing.T) {
 	stop := runLoad(callers, func(g, j int) error { return recordCall(c, g, j) })
 	start := time.Now()
 	time.Sleep(1500 * time.Millisecond)
-	rabbitmqctl(t, "close_all_connections", "fault test")
+	brokertest.Rabbitmqctl(t, "close_all_connections", "fault test")
 	time.Sleep(1500 * time.Millisecond)
-	rabbitmqctl(t, "close_all_connections", "fault test")
+	brokertest.Rabbitmqctl(t, "close_all_connections", "fault test")
 	time.Sleep(1500 * time.Millisecond)
 	res := stop()
 	elapsed := time.Since(start)
@@ -152,7 +154,7 @@ func (Panicky) Exit(msg string, reply *string) error {
 // A reply whose encoding panics, or a handler that calls runtime.Goexit,
 // still gets an error reply and its request acked.
 func TestReplyEncodingPanicAndGoexit(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, Panicky{}))
 	c := dial(t, ns)
 	err := c.Call("Panicky.Bad", "x", new(BadReply))
@@ -163,7 +165,7 @@ func TestReplyEncodingPanicAndGoexit(t *testing.T) {
 	assert.Contains(t, err.Error(), "Panicky.Exit ended without a reply")
 	var reply string
 	require.NoError(t, c.Call("Panicky.Fine", "ok", &reply))
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
 }
 
 // refusedBodySize returns a body size the broker refuses, until t ends:
@@ -173,19 +175,19 @@ func TestReplyEncodingPanicAndGoexit(t *testing.T) {
 // WithMaxBodySize of twice that.
 func refusedBodySize(t *testing.T) int {
 	t.Helper()
-	if v := lastLine(rabbitmqctl(t, "eval", "rabbit_misc:version().")); !strings.HasPrefix(v, `"3.`) {
-		limit := lastLine(rabbitmqctl(t, "eval", "application:get_env(rabbit, max_message_size)."))
+	if v := lastLine(brokertest.Rabbitmqctl(t, "eval", "rabbit_misc:version().")); !strings.HasPrefix(v, `"3.`) {
+		limit := lastLine(brokertest.Rabbitmqctl(t, "eval", "application:get_env(rabbit, max_message_size)."))
 		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(limit, "{ok,"), "}"))
 		require.NoError(t, err, "max_message_size of broker %s: %s", v, limit)
 		return n + 64<<10
 	}
-	was := lastLine(rabbitmqctl(t, "eval", "application:get_env(rabbit, max_message_size)."))
+	was := lastLine(brokertest.Rabbitmqctl(t, "eval", "application:get_env(rabbit, max_message_size)."))
 	restore := "application:unset_env(rabbit, max_message_size)."
 	if v, ok := strings.CutPrefix(was, "{ok,"); ok {
 		restore = fmt.Sprintf("application:set_env(rabbit, max_message_size, %s).", strings.TrimSuffix(v, "}"))
 	}
-	t.Cleanup(func() { rabbitmqctl(t, "eval", restore) })
-	rabbitmqctl(t, "eval", "application:set_env(rabbit, max_message_size, 4096).")
+	t.Cleanup(func() { brokertest.Rabbitmqctl(t, "eval", restore) })
+	brokertest.Rabbitmqctl(t, "eval", "application:set_env(rabbit, max_message_size, 4096).")
 	return 8192
 }
 
@@ -194,7 +196,7 @@ func refusedBodySize(t *testing.T) int {
 // instead of waiting for the deadline; requests sent with it are not given
 // up with it, and the client goes on working.
 func TestRequestTheBrokerKeepsRefusing(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	size := refusedBodySize(t)
 	ledger := new(Ledger)
 	startServer(t, ns, newRPCServer(t, ledger), WithMaxBodySize(2*size))

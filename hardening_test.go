@@ -11,11 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/amqprpc/amqprpc/codec"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/amqprpc/amqprpc/codec"
 )
 
 // Echo answers at once, counting its runs.
@@ -44,7 +47,7 @@ func loggedTo() (Option, *syncBuffer) {
 // names the limit; nothing is sent, so the publishing connection that every
 // other call shares stays up, and those calls go on succeeding.
 func TestOverLimitCallsFailAlone(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	echo := new(Echo)
 	startServer(t, ns, newRPCServer(t, echo))
 	logOpt, log := loggedTo()
@@ -99,7 +102,7 @@ func TestOverLimitCallsFailAlone(t *testing.T) {
 // Names a client or server declares are checked against AMQP's limits
 // before anything is sent, with an error naming the limit.
 func TestOverLimitNamesAreRefused(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	logOpt, log := loggedTo()
 	c := dial(t, ns, logOpt)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -114,9 +117,9 @@ func TestOverLimitNamesAreRefused(t *testing.T) {
 	_, err := s.ReceiveFromQueue(ctx, long, 1)
 	require.ErrorIs(t, err, ErrTooLong)
 
-	_, err = Dial(brokerURL(), strings.Repeat("n", 150), WithClientID(strings.Repeat("c", 100)))
+	_, err = Dial(brokertest.URL(), strings.Repeat("n", 150), WithClientID(strings.Repeat("c", 100)))
 	require.ErrorIs(t, err, ErrTooLong, "reply queue rpc_<150>_<100>_response")
-	_, err = Dial(brokerURL(), ns, WithReplyQueueExpiry(50*24*time.Hour))
+	_, err = Dial(brokertest.URL(), ns, WithReplyQueueExpiry(50*24*time.Hour))
 	require.ErrorIs(t, err, ErrTooLong)
 
 	var r string
@@ -127,7 +130,7 @@ func TestOverLimitNamesAreRefused(t *testing.T) {
 // A handler's error text far larger than a frame is cut to fit a header,
 // instead of making the server's connection fail over and over.
 func TestLongErrorTextIsTruncated(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	echo := new(Echo)
 	logOpt, log := loggedTo()
 	startServer(t, ns, newRPCServer(t, echo), logOpt)
@@ -148,24 +151,24 @@ func TestLongErrorTextIsTruncated(t *testing.T) {
 // reject-publish) rejects its request instead of requeueing it: the
 // handler runs once per call, not over and over, and the server logs it.
 func TestReplyTheBrokerRefuses(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	policy := "amqprpc-test-" + ns
-	rabbitmqctl(t, "set_policy", policy, "^rpc_"+ns+"_.*_response$",
+	brokertest.Rabbitmqctl(t, "set_policy", policy, "^rpc_"+ns+"_.*_response$",
 		`{"max-length":1,"overflow":"reject-publish"}`, "--apply-to", "queues")
-	t.Cleanup(func() { rabbitmqctl(t, "clear_policy", policy) })
+	t.Cleanup(func() { brokertest.Rabbitmqctl(t, "clear_policy", policy) })
 
-	c, err := Dial(brokerURL(), ns)
+	c, err := Dial(brokertest.URL(), ns)
 	require.NoError(t, err)
 	for i := range 4 {
 		c.Go("Echo.Say", fmt.Sprint("call ", i), new(string), nil)
 	}
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 4 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 4 }, 5*time.Second, 10*time.Millisecond)
 	require.NoError(t, c.Close()) // its reply queue stays, with nobody to drain it
 
 	echo := new(Echo)
 	logOpt, log := loggedTo()
 	startServer(t, ns, newRPCServer(t, echo), logOpt)
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 10*time.Second, 20*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 10*time.Second, 20*time.Millisecond,
 		"every request settled")
 	time.Sleep(500 * time.Millisecond) // a loop would go on meanwhile
 	assert.Equal(t, int32(4), echo.ran.Load(), "each handler ran once")
@@ -193,8 +196,8 @@ func (d *Deleter) Delete(queue string, reply *string) error {
 // again; the server answers the copy from its reply cache, without running
 // the handler twice, long before the deadline.
 func TestReplyQueueDeleted(t *testing.T) {
-	ns := testNamespace(t)
-	d := &Deleter{ch: rawChannel(t)}
+	ns := brokertest.Namespace(t)
+	d := &Deleter{ch: brokertest.Channel(t)}
 	startServer(t, ns, newRPCServer(t, d))
 	logOpt, log := loggedTo()
 	c := dial(t, ns, logOpt)
@@ -215,7 +218,7 @@ func TestReplyQueueDeleted(t *testing.T) {
 // different calls with the same reply_to gets both run and both answered:
 // two different calls are never taken for one.
 func TestForeignMessageIDReuse(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	echo := new(Echo)
 	startServer(t, ns, newRPCServer(t, echo))
 	p := newRawPeer(t, ns)
@@ -237,7 +240,7 @@ func TestForeignMessageIDReuse(t *testing.T) {
 // foreignServer answers the requests of namespace ns by hand, with
 // whatever reply answer makes of each.
 func foreignServer(t *testing.T, ns string, answer func(d amqp.Delivery) amqp.Publishing) {
-	ch := rawChannel(t)
+	ch := brokertest.Channel(t)
 	requests, err := ch.Consume("rpc_"+ns+"_request", "", true, false, false, false, nil)
 	require.NoError(t, err)
 	go func() {
@@ -254,7 +257,7 @@ func foreignServer(t *testing.T, ns string, answer func(d amqp.Delivery) amqp.Pu
 // does. A handler's text that reads like one of the client's own failures
 // stays the server's word.
 func TestErrorHeaderForms(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns, WithCodec(codec.JSON))
 	foreignServer(t, ns, func(d amqp.Delivery) amqp.Publishing {
 		var arg string
@@ -305,7 +308,7 @@ func TestErrorHeaderForms(t *testing.T) {
 // Content types are MIME media types: parameters and case do not matter,
 // a charset other than UTF-8 is refused, on requests and on replies.
 func TestContentTypeParameters(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Echo)))
 	p := newRawPeer(t, ns)
 	for _, tc := range []struct {
@@ -354,7 +357,7 @@ func (a *Arith) Sum(args AddArgs, t *Total) error {
 // another type, the original Python library's request shape, an array
 // where a struct is expected, null. Unknown extra fields are still fine.
 func TestWrongShapedArgsAreRefused(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	arith := new(Arith)
 	startServer(t, ns, newRPCServer(t, arith))
 	for _, cd := range []codec.Codec{codec.MsgPack, codec.JSON} {
@@ -394,7 +397,7 @@ func TestWrongShapedArgsAreRefused(t *testing.T) {
 // struct where an int is expected, null without an error header (a
 // foreign server's None), a struct with no field in common.
 func TestWrongShapedRepliesAreRefused(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns, WithCodec(codec.JSON))
 	foreignServer(t, ns, func(d amqp.Delivery) amqp.Publishing {
 		var arg string
@@ -445,7 +448,7 @@ func (b *Big) Reply(n int, reply *string) error {
 // max_message_size) is given up, and the caller gets a short error
 // saying so instead of waiting for its deadline; the handler ran once.
 func TestReplyTooLargeForTheBroker(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	size := refusedBodySize(t)
 	big := new(Big)
 	startServer(t, ns, newRPCServer(t, big), WithMaxBodySize(2*size))
@@ -462,7 +465,7 @@ func TestReplyTooLargeForTheBroker(t *testing.T) {
 	t.Logf("refused reply reported after %v", time.Since(start))
 	require.NoError(t, c.CallContext(ctx, "Big.Reply", 10, &r))
 	assert.Equal(t, int32(2), big.ran.Load(), "each ran once")
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
 }
 
 // A reply that the reply queue refuses for the moment (full, with
@@ -470,25 +473,25 @@ func TestReplyTooLargeForTheBroker(t *testing.T) {
 // client publishes the call again once its queue takes messages, the copy
 // gets the reply, and the handler does not run again.
 func TestRefusedReplyKeptForTheRepublishedCall(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	echo := new(Echo)
 	startServer(t, ns, newRPCServer(t, echo))
-	ch := rawChannel(t)
+	ch := brokertest.Channel(t)
 	queue := "rpc_" + ns + "_rawpeer_response"
 	_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
 	require.NoError(t, err)
-	t.Cleanup(func() { _, _ = rawChannel(t).QueueDelete(queue, false, false, false) })
+	t.Cleanup(func() { _, _ = brokertest.Channel(t).QueueDelete(queue, false, false, false) })
 	require.NoError(t, ch.QueueBind(queue, "rawpeer", "rpc_"+ns+"_response", false, nil))
 	policy := "amqprpc-test-" + ns
-	rabbitmqctl(t, "set_policy", policy, "^"+queue+"$", `{"max-length":1,"overflow":"reject-publish"}`, "--apply-to", "queues")
-	t.Cleanup(func() { rabbitmqctl(t, "clear_policy", policy) })
+	brokertest.Rabbitmqctl(t, "set_policy", policy, "^"+queue+"$", `{"max-length":1,"overflow":"reject-publish"}`, "--apply-to", "queues")
+	t.Cleanup(func() { brokertest.Rabbitmqctl(t, "clear_policy", policy) })
 	require.NoError(t, ch.Publish("", queue, false, false, amqp.Publishing{Body: []byte("filler")}))
-	require.Eventually(t, func() bool { return queueMessages(t, queue) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.Messages(t, queue) == 1 }, 5*time.Second, 10*time.Millisecond)
 
 	call := amqp.Publishing{Type: "Echo.Say", ReplyTo: "rawpeer", CorrelationId: "c1", MessageId: "c1",
 		ContentType: "application/json", Body: []byte(`"kept"`)}
 	require.NoError(t, ch.Publish("rpc_"+ns+"_request", "", false, false, call))
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 10*time.Second, 20*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 10*time.Second, 20*time.Millisecond,
 		"the request is settled although its reply was refused")
 	assert.Equal(t, int32(1), echo.ran.Load())
 

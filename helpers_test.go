@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	"github.com/stretchr/testify/require"
 )
 
@@ -99,16 +101,16 @@ func newRPCServer(t testing.TB, rcvrs ...any) *rpc.Server {
 // Serve returned nil.
 func startServer(t testing.TB, ns string, rcvr *rpc.Server, opts ...Option) *Server {
 	t.Helper()
-	s, err := NewServer(brokerURL(), ns, rcvr, opts...)
+	s, err := NewServer(brokertest.URL(), ns, rcvr, opts...)
 	require.NoError(t, err)
-	serveUntilEnd(t, s.Serve, s.Close)
+	brokertest.Serve(t, s.Serve, s.Close)
 	return s
 }
 
 // dial returns a Client of ns, closed when t ends.
 func dial(t testing.TB, ns string, opts ...Option) *Client {
 	t.Helper()
-	c, err := Dial(brokerURL(), ns, opts...)
+	c, err := Dial(brokertest.URL(), ns, opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, c.Close()) })
 	return c

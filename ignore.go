@@ -32,7 +32,7 @@ func (c *serverCodec) ignore(req *request) {
 	}
 	n := ignoredCount(req.d.Headers[headerIgnored])
 	if int(n)+1 >= ignoreLimit {
-		_ = c.publishReply(req, &reply{errText: fmt.Sprintf("amqprpc: no server took the request: ignored %d times", n+1)})
+		_ = c.publishReply(req, &reply{errText: fmt.Sprintf("amqprpc: no server took the request: ignored %d times", n+1), code: codeNotTaken})
 		return
 	}
 	// The copy is the same call: forget it, or it would look like a

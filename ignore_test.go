@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -33,7 +35,7 @@ func (p *Picky) Take(arg string, reply *string) error {
 
 // A request one direct server ignores is taken by another.
 func TestIgnoredRequestGoesToAnotherServer(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, &Picky{name: "no"}))
 	startServer(t, ns, newRPCServer(t, &Picky{name: "yes", willing: true}))
 	c := dial(t, ns)
@@ -49,7 +51,7 @@ func TestIgnoredRequestGoesToAnotherServer(t *testing.T) {
 // When every server ignores a request, the caller hears so after a bounded
 // number of tries instead of waiting forever, and the queue is left empty.
 func TestRequestIgnoredByEveryServer(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	p := &Picky{name: "no"}
 	startServer(t, ns, newRPCServer(t, p))
 	c := dial(t, ns)
@@ -57,11 +59,11 @@ func TestRequestIgnoredByEveryServer(t *testing.T) {
 	defer cancel()
 	var reply string
 	err := c.CallContext(ctx, "Picky.Take", "x", &reply)
-	var se rpc.ServerError
-	require.ErrorAs(t, err, &se)
-	assert.Contains(t, string(se), "no server took the request")
+	require.ErrorIs(t, err, ErrNotTaken)
+	assert.NotErrorAs(t, err, new(rpc.ServerError), "the client's own error, not a handler's text")
+	assert.Equal(t, "amqprpc: no server took the request: ignored 10 times", err.Error())
 	assert.Equal(t, int32(ignoreLimit), p.seen.Load())
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
 }
 
 // Leaver deletes the queue a request came from, then ignores the request.
@@ -75,13 +77,13 @@ func (l *Leaver) Take(arg string, reply *string) error {
 // An ignored request whose queue is gone by the time it is put back fails
 // at once with ErrNoRoute, instead of vanishing until the caller's deadline.
 func TestIgnoredRequestWhoseQueueIsGone(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	l := new(Leaver)
 	s := startServer(t, ns, newRPCServer(t, l, &Picky{name: "yes", willing: true}))
 	c := dial(t, ns)
 	queue := userQueue(t, c, ns, "carol")
 	l.leave = func() {
-		_, err := rawChannel(t).QueueDelete(queue, false, false, false)
+		_, err := brokertest.Channel(t).QueueDelete(queue, false, false, false)
 		assert.NoError(t, err)
 	}
 	receiving, stop := context.WithCancel(context.Background())
@@ -109,7 +111,7 @@ func TestIgnoredRequestWhoseQueueIsGone(t *testing.T) {
 // A hostile ignore count (negative, or past the limit) neither crashes nor
 // jams the server: the request is answered like any other ignored request.
 func TestHostileIgnoreCount(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, &Picky{name: "no"}, &Picky2{}))
 	p := newRawPeer(t, ns)
 	for i, n := range []int32{math.MinInt32, math.MaxInt32} {
@@ -136,7 +138,7 @@ func TestHostileIgnoreCount(t *testing.T) {
 	d := p.reply()
 	assert.Equal(t, "ok", d.CorrelationId)
 	assert.Equal(t, `"taken"`, string(d.Body))
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond,
 		"nothing is left unacked")
 }
 
@@ -150,7 +152,7 @@ func (Picky2) Take(arg string, reply *string) error { *reply = "taken"; return n
 // take) is answered with an error when it is ignored, not requeued to be
 // ignored again without end.
 func TestIgnoredRequestWithHeadersTooLargeToPutBack(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	picky := &Picky{name: "no"}
 	startServer(t, ns, newRPCServer(t, picky))
 	p := newRawPeer(t, ns)
@@ -162,5 +164,5 @@ func TestIgnoredRequestWithHeadersTooLargeToPutBack(t *testing.T) {
 	assert.Contains(t, d.Headers["error"], "could not be put back")
 	assert.Contains(t, d.Headers["error"], "properties and headers of")
 	assert.Equal(t, int32(1), picky.seen.Load(), "ignored once, then answered")
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
 }

@@ -14,17 +14,3 @@ func TestMain(m *testing.M) {
 	}
 	brokertest.Main(m)
 }
-
-// Short names for the shared integration-test helpers.
-var (
-	brokerURL     = brokertest.URL
-	needBroker    = brokertest.Need
-	testNamespace = brokertest.Namespace
-	rawChannel    = brokertest.Channel
-	queueDepth    = brokertest.QueueDepth
-	queueMessages = brokertest.Messages
-	consumers     = brokertest.Consumers
-	rabbitmqctl   = brokertest.Rabbitmqctl
-	serveUntilEnd = brokertest.Serve
-	newProxy      = brokertest.NewProxy
-)

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -36,8 +38,8 @@ func (b *syncBuffer) String() string {
 // noticed by the heartbeat, and once the network is back the client
 // reconnects and the call made meanwhile completes within its deadline.
 func TestBlackHoledConnection(t *testing.T) {
-	ns := testNamespace(t)
-	proxy, viaProxy := newProxy(t)
+	ns := brokertest.Namespace(t)
+	proxy, viaProxy := brokertest.NewProxy(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	var logs syncBuffer
 	c, err := Dial(viaProxy, ns, WithHeartbeat(time.Second),
@@ -63,8 +65,8 @@ func TestBlackHoledConnection(t *testing.T) {
 
 // A slow link (200 ms each way) delays calls but loses none.
 func TestSlowConnection(t *testing.T) {
-	ns := testNamespace(t)
-	proxy, viaProxy := newProxy(t)
+	ns := brokertest.Namespace(t)
+	proxy, viaProxy := brokertest.NewProxy(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	c, err := Dial(viaProxy, ns)
 	require.NoError(t, err)
@@ -98,8 +100,8 @@ func TestSlowConnection(t *testing.T) {
 // deadline: one whose deadline passes fails with DeadlineExceeded and never
 // runs, one with time left completes once the connection is back.
 func TestCallWhileDisconnected(t *testing.T) {
-	ns := testNamespace(t)
-	proxy, viaProxy := newProxy(t)
+	ns := brokertest.Namespace(t)
+	proxy, viaProxy := brokertest.NewProxy(t)
 	ledger := new(Ledger)
 	startServer(t, ns, newRPCServer(t, ledger))
 	var logs syncBuffer
@@ -138,10 +140,10 @@ func TestCallWhileDisconnected(t *testing.T) {
 // again, and the server answers the copy from its reply cache (the reply
 // it sent meanwhile found no queue), without running the handler twice.
 func TestReplyQueueExpiredWhileAway(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	g := newGate()
 	startServer(t, ns, newRPCServer(t, g))
-	proxy, viaProxy := newProxy(t)
+	proxy, viaProxy := brokertest.NewProxy(t)
 	logOpt, log := loggedTo()
 	c, err := Dial(viaProxy, ns, WithReplyQueueExpiry(time.Second), logOpt)
 	require.NoError(t, err)
@@ -162,7 +164,7 @@ func TestReplyQueueExpiredWhileAway(t *testing.T) {
 	})
 	// rabbitmqctl, not a passive declare: that would count as a use and
 	// keep the queue.
-	require.Eventually(t, func() bool { return queueMessages(t, queue) == -1 }, 10*time.Second, 100*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.Messages(t, queue) == -1 }, 10*time.Second, 100*time.Millisecond,
 		"the reply queue expired")
 	close(g.release) // its reply finds no queue
 	released = true
@@ -179,14 +181,14 @@ func TestReplyQueueExpiredWhileAway(t *testing.T) {
 // theirs goes away. Here one "node" never answers, one is a proxy that
 // goes away, and one is the broker itself.
 func TestSeveralBrokerURLs(t *testing.T) {
-	ns := testNamespace(t)
-	proxy, viaProxy := newProxy(t)
+	ns := brokertest.Namespace(t)
+	proxy, viaProxy := brokertest.NewProxy(t)
 	const dead = "amqp://guest:secret@127.0.0.1:1/"
-	urls := dead + ", " + viaProxy + ", " + brokerURL()
+	urls := dead + ", " + viaProxy + ", " + brokertest.URL()
 	logOpt, log := loggedTo()
 	s, err := NewServer(urls, ns, newRPCServer(t, new(Echo)), logOpt)
 	require.NoError(t, err)
-	serveUntilEnd(t, s.Serve, s.Close)
+	brokertest.Serve(t, s.Serve, s.Close)
 	c, err := Dial(urls, ns, logOpt)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
@@ -196,7 +198,7 @@ func TestSeveralBrokerURLs(t *testing.T) {
 	}
 
 	proxy.Stop() // that node is gone; the broker then drops everyone
-	rabbitmqctl(t, "close_all_connections", "test: fail over")
+	brokertest.Rabbitmqctl(t, "close_all_connections", "test: fail over")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/rpc"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -76,11 +77,15 @@ func (n names) extraQueue(name string) (string, error) {
 // bound to the request exchange with routing key name, and returns once it
 // exists. Calls routed with that key (To, Tune) then wait there for a
 // Server.ReceiveFromQueue. A queue that exists already is used as it is,
-// whatever its type and options, and bound with the key. It
-// blocks while the client reconnects, up to ctx.
+// whatever its type and options, and bound with the key. It blocks while
+// the client reconnects, up to ctx. After Close it fails with
+// rpc.ErrShutdown. Nil options are skipped.
 func (c *Client) CreateRequestQueue(ctx context.Context, name string, opts ...QueueOption) error {
 	var o queueOptions
 	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
 		if err := opt(&o); err != nil {
 			return err
 		}
@@ -124,9 +129,16 @@ func (c *Client) DeleteRequestQueue(ctx context.Context, name string) error {
 	})
 }
 
-// onChannel runs f on a fresh channel of the client's consuming connection.
+// onChannel runs f on a fresh channel of the client's consuming
+// connection; after Close it fails with rpc.ErrShutdown, as calls do.
 func (c *Client) onChannel(ctx context.Context, f func(*amqp.Channel) error) error {
+	if c.codec.isClosed() {
+		return rpc.ErrShutdown
+	}
 	ch, err := c.conn.Channel(ctx)
+	if errors.Is(err, transport.ErrClosed) {
+		return rpc.ErrShutdown
+	}
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -15,7 +17,7 @@ import (
 // queueInfo is the type and arguments of queue, as rabbitmqctl lists them.
 func queueInfo(t *testing.T, queue string) (kind, args string) {
 	t.Helper()
-	for _, line := range strings.Split(rabbitmqctl(t, "list_queues", "-q", "--no-table-headers", "name", "type", "arguments"), "\n") {
+	for _, line := range strings.Split(brokertest.Rabbitmqctl(t, "list_queues", "-q", "--no-table-headers", "name", "type", "arguments"), "\n") {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == queue {
 			return f[1], strings.Join(f[2:], " ")
 		}
@@ -28,13 +30,13 @@ func queueInfo(t *testing.T, queue string) (kind, args string) {
 // are used as they are: declaring them again with other arguments would
 // fail with 406 PRECONDITION_FAILED (inequivalent arg x-queue-type).
 func TestAdoptsRequestQueuesDeclaredFirst(t *testing.T) {
-	ns := testNamespace(t)
-	ch := rawChannel(t)
+	ns := brokertest.Namespace(t)
+	ch := brokertest.Channel(t)
 	quorum := amqp.Table{"x-queue-type": "quorum"}
 	for _, q := range []string{"rpc_" + ns + "_request", "rpc_" + ns + "_queue_alice"} {
 		_, err := ch.QueueDeclare(q, true, false, false, false, quorum)
 		require.NoError(t, err)
-		t.Cleanup(func() { _, _ = rawChannel(t).QueueDelete(q, false, false, false) })
+		t.Cleanup(func() { _, _ = brokertest.Channel(t).QueueDelete(q, false, false, false) })
 	}
 	s := startServer(t, ns, newRPCServer(t, new(Echo)))
 	c := dial(t, ns)
@@ -57,10 +59,10 @@ func TestAdoptsRequestQueuesDeclaredFirst(t *testing.T) {
 // WithQueueType(QuorumQueue) makes the request queues quorum queues with
 // a delivery limit.
 func TestQuorumRequestQueues(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Echo)), WithQueueType(QuorumQueue))
 	c := dial(t, ns, WithQueueType(QuorumQueue), WithDeliveryLimit(5))
-	t.Cleanup(func() { _, _ = rawChannel(t).QueueDelete("rpc_"+ns+"_request", false, false, false) })
+	t.Cleanup(func() { _, _ = brokertest.Channel(t).QueueDelete("rpc_"+ns+"_request", false, false, false) })
 	var r string
 	require.NoError(t, c.Call("Echo.Say", "q", &r))
 	kind, args := queueInfo(t, "rpc_"+ns+"_request")
@@ -77,7 +79,7 @@ func TestQuorumRequestQueues(t *testing.T) {
 	assert.Contains(t, args, "x-expires")
 	assert.Contains(t, args, "x-delivery-limit")
 
-	_, err := Dial(brokerURL(), ns, WithQueueType("lazy"))
+	_, err := Dial(brokertest.URL(), ns, WithQueueType("lazy"))
 	require.Error(t, err)
 }
 
@@ -85,11 +87,11 @@ func TestQuorumRequestQueues(t *testing.T) {
 // with requeue, as a crashing server's connection would return it) ends
 // after the delivery limit instead of going round for ever.
 func TestDeliveryLimitEndsAPoisonRequest(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns, WithQueueType(QuorumQueue), WithDeliveryLimit(2))
 	queue := "rpc_" + ns + "_request"
-	t.Cleanup(func() { _, _ = rawChannel(t).QueueDelete(queue, false, false, false) })
-	ch := rawChannel(t)
+	t.Cleanup(func() { _, _ = brokertest.Channel(t).QueueDelete(queue, false, false, false) })
+	ch := brokertest.Channel(t)
 	require.NoError(t, ch.Qos(1, 0, false))
 	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
 	require.NoError(t, err)
@@ -101,9 +103,9 @@ func TestDeliveryLimitEndsAPoisonRequest(t *testing.T) {
 		}
 	}()
 	call := c.Go("Echo.Say", "poison", new(string), nil)
-	require.Eventually(t, func() bool { return queueMessages(t, queue) == 0 && n.Load() > 0 }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.Messages(t, queue) == 0 && n.Load() > 0 }, 10*time.Second, 20*time.Millisecond)
 	time.Sleep(300 * time.Millisecond)
-	assert.Equal(t, 0, queueMessages(t, queue))
+	assert.Equal(t, 0, brokertest.Messages(t, queue))
 	assert.LessOrEqual(t, n.Load(), int32(3), "delivered at most limit+1 times")
 	t.Logf("delivered %d times", n.Load())
 	select {

@@ -34,12 +34,15 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 	*r = rpc.Response{ServiceMethod: d.Type, Seq: seq}
 	if text, isErr := remoteError(d); isErr {
 		r.Error = text
-		if code, _ := d.Headers[headerErrorCode].(string); code == codeNoRoute {
+		switch code, _ := d.Headers[headerErrorCode].(string); code {
+		case codeNoRoute:
 			// The server put the request back for another server, and
 			// found its queue gone (see ErrIgnoreRequest).
 			if err, ok := parseNoRoute(text); ok {
 				return c.failReply(p, r, err)
 			}
+		case codeNotTaken:
+			return c.failReply(p, r, &notTakenError{text: text})
 		}
 		return c.now(p, r)
 	}

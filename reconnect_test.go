@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -13,13 +15,13 @@ import (
 // After the broker closes every connection, the same Client and Server
 // work again without user action.
 func TestReconnectAfterConnectionsClosed(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	c := dial(t, ns)
 	var sum int
 	require.NoError(t, c.Call("Math.SumNumbers", []int{1, 2}, &sum))
 
-	rabbitmqctl(t, "close_all_connections", "fault test")
+	brokertest.Rabbitmqctl(t, "close_all_connections", "fault test")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -29,7 +31,7 @@ func TestReconnectAfterConnectionsClosed(t *testing.T) {
 
 // A call in flight when connections drop completes once they are back.
 func TestCallInFlightSurvivesConnectionLoss(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	g := newGate()
 	startServer(t, ns, newRPCServer(t, g))
 	c := dial(t, ns)
@@ -40,7 +42,7 @@ func TestCallInFlightSurvivesConnectionLoss(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- c.CallContext(ctx, "Gate.Wait", "x", &reply) }()
 	<-g.entered
-	rabbitmqctl(t, "close_all_connections", "fault test")
+	brokertest.Rabbitmqctl(t, "close_all_connections", "fault test")
 	close(g.release)
 	require.NoError(t, <-done)
 	assert.Equal(t, "done x", reply)
@@ -49,11 +51,11 @@ func TestCallInFlightSurvivesConnectionLoss(t *testing.T) {
 // A client and a server each publish and consume on separate connections,
 // so that a broker blocking publishers cannot stop deliveries.
 func TestSeparateConnections(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)), WithConnectionName("sep server "+ns))
 	dial(t, ns, WithConnectionName("sep client "+ns))
 	require.Eventually(t, func() bool {
-		out := rabbitmqctl(t, "list_connections", "-q", "client_properties")
+		out := brokertest.Rabbitmqctl(t, "list_connections", "-q", "client_properties")
 		return strings.Count(out, "sep server "+ns) == 2 && strings.Count(out, "sep client "+ns) == 2
 	}, 10*time.Second, 100*time.Millisecond, "two connections each")
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,14 +22,14 @@ import (
 // queues and persistent messages stay.
 func restartBroker(t *testing.T) {
 	t.Helper()
-	rabbitmqctl(t, "stop_app")
-	rabbitmqctl(t, "start_app")
-	rabbitmqctl(t, "await_startup")
+	brokertest.Rabbitmqctl(t, "stop_app")
+	brokertest.Rabbitmqctl(t, "start_app")
+	brokertest.Rabbitmqctl(t, "await_startup")
 }
 
 // After a broker restart the same client and server work again.
 func TestBrokerRestart(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	c := dial(t, ns)
 	var sum int
@@ -43,17 +45,17 @@ func TestBrokerRestart(t *testing.T) {
 
 // With WithPersistent, a call waiting in the broker survives its restart.
 func TestPersistentCallSurvivesBrokerRestart(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns, WithPersistent())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var sum int
 	done := make(chan error, 1)
 	go func() { done <- c.CallContext(ctx, "Math.SumNumbers", []int{20, 22}, &sum) }()
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 1 }, 10*time.Second, 10*time.Millisecond)
 
 	restartBroker(t)
-	require.Equal(t, 1, queueDepth(t, "rpc_"+ns+"_request"), "the persistent request is still queued")
+	require.Equal(t, 1, brokertest.QueueDepth(t, "rpc_"+ns+"_request"), "the persistent request is still queued")
 
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	require.NoError(t, <-done)
@@ -79,7 +81,7 @@ func runChildServer(ns string) {
 	if err := rcvr.RegisterName("Stall", Stall{}); err != nil {
 		panic(err)
 	}
-	s, err := NewServer(brokerURL(), ns, rcvr)
+	s, err := NewServer(brokertest.URL(), ns, rcvr)
 	if err != nil {
 		panic(err)
 	}
@@ -98,7 +100,7 @@ func (Finisher) Forever(arg string, reply *string) error {
 // A server process killed with SIGKILL in the middle of a call: the broker
 // gives the call to another server and the caller gets its reply.
 func TestServerKilledMidCall(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), childServerEnv+"="+ns)
 	out, err := child.StdoutPipe()

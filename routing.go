@@ -80,6 +80,13 @@ func (e *noRouteError) Error() string {
 }
 func (e *noRouteError) Is(err error) bool { return err == ErrNoRoute }
 
+// notTakenError is a call's error when no server took its request; its
+// text is the server's. It matches ErrNotTaken.
+type notTakenError struct{ text string }
+
+func (e *notTakenError) Error() string        { return e.text }
+func (e *notTakenError) Is(target error) bool { return target == ErrNotTaken }
+
 // parseNoRoute turns the text of a noRouteError back into one.
 func parseNoRoute(text string) (error, bool) {
 	q, ok := strings.CutPrefix(text, noRoutePrefix)

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -42,7 +44,7 @@ func (in *Inbox) messages(user string) []string {
 
 func queueExists(t testing.TB, queue string) bool {
 	t.Helper()
-	_, err := rawChannel(t).QueueDeclarePassive(queue, true, false, false, false, nil)
+	_, err := brokertest.Channel(t).QueueDeclarePassive(queue, true, false, false, false, nil)
 	return err == nil
 }
 
@@ -50,7 +52,7 @@ func queueExists(t testing.TB, queue string) bool {
 // with its server and a client.
 func inboxService(t *testing.T) (ns string, inbox *Inbox, s *Server, c *Client) {
 	t.Helper()
-	ns = testNamespace(t)
+	ns = brokertest.Namespace(t)
 	inbox = new(Inbox)
 	s = startServer(t, ns, newRPCServer(t, inbox))
 	return ns, inbox, s, dial(t, ns)
@@ -66,19 +68,19 @@ func userQueue(t *testing.T, c *Client, ns, user string) string {
 }
 
 func TestCreateAndDeleteRequestQueue(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
 	ctx := context.Background()
 	require.NoError(t, c.CreateRequestQueue(ctx, "alice"))
 	require.NoError(t, c.CreateRequestQueue(ctx, "alice"), "creating it again is fine")
 	queue := "rpc_" + ns + "_queue_alice"
-	t.Cleanup(func() { _, _ = rawChannel(t).QueueDelete(queue, false, false, false) })
+	t.Cleanup(func() { _, _ = brokertest.Channel(t).QueueDelete(queue, false, false, false) })
 
 	// Durable, no arguments, bound with key "alice".
-	_, err := rawChannel(t).QueueDeclare(queue, true, false, false, false, nil)
+	_, err := brokertest.Channel(t).QueueDeclare(queue, true, false, false, false, nil)
 	require.NoError(t, err)
-	require.NoError(t, rawChannel(t).Publish("rpc_"+ns+"_request", "alice", true, false, amqp.Publishing{Body: []byte("x")}))
-	require.Eventually(t, func() bool { return queueDepth(t, queue) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.NoError(t, brokertest.Channel(t).Publish("rpc_"+ns+"_request", "alice", true, false, amqp.Publishing{Body: []byte("x")}))
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, queue) == 1 }, 5*time.Second, 10*time.Millisecond)
 
 	require.NoError(t, c.DeleteRequestQueue(ctx, "alice"))
 	assert.False(t, queueExists(t, queue))
@@ -88,13 +90,13 @@ func TestCreateAndDeleteRequestQueue(t *testing.T) {
 }
 
 func TestRequestQueueExpiry(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
 	require.NoError(t, c.CreateRequestQueue(context.Background(), "gone", WithQueueExpiry(2*time.Second)))
 	// Looking at the queue through AMQP would count as using it: ask
 	// rabbitmqctl instead.
 	listed := func() bool {
-		return strings.Contains(rabbitmqctl(t, "list_queues", "-q", "name"), "rpc_"+ns+"_queue_gone")
+		return strings.Contains(brokertest.Rabbitmqctl(t, "list_queues", "-q", "name"), "rpc_"+ns+"_queue_gone")
 	}
 	require.True(t, listed())
 	require.Eventually(t, func() bool { return !listed() }, 10*time.Second, 100*time.Millisecond,
@@ -135,7 +137,7 @@ func TestReceiveTimesOutOnIdleQueue(t *testing.T) {
 	n, err := s.ReceiveFromQueue(ctx, "idle", 1)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Equal(t, 0, n)
-	require.Eventually(t, func() bool { return consumers(t, queue) == 0 }, 5*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.Consumers(t, queue) == 0 }, 5*time.Second, 10*time.Millisecond,
 		"the receive stopped consuming")
 }
 
@@ -150,19 +152,19 @@ func TestReceiveTakesNoMoreThanMax(t *testing.T) {
 	for i := range calls {
 		calls[i] = c.Go("Inbox.ShowMessage", To("bob", Message{"bob", fmt.Sprint("m", i)}), new(bool), nil)
 	}
-	require.Eventually(t, func() bool { return queueDepth(t, queue) == 3 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, queue) == 3 }, 5*time.Second, 10*time.Millisecond)
 
 	n, err := s.ReceiveFromQueue(ctx, "bob", 2)
 	require.NoError(t, err)
 	assert.Equal(t, 2, n)
 	assert.Len(t, inbox.messages("bob"), 2)
-	require.Eventually(t, func() bool { return queueDepth(t, queue) == 1 }, 5*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, queue) == 1 }, 5*time.Second, 10*time.Millisecond,
 		"the third call is back in the queue")
 
 	n, err = s.ReceiveFromQueue(ctx, "bob", 1)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
-	assert.Equal(t, 0, queueDepth(t, queue))
+	assert.Equal(t, 0, brokertest.QueueDepth(t, queue))
 	for _, call := range calls {
 		<-call.Done
 		require.NoError(t, call.Error)
@@ -172,7 +174,7 @@ func TestReceiveTakesNoMoreThanMax(t *testing.T) {
 
 // Tune routes by an argument field; two receives run at once with Serve.
 func TestTuneRoutesByArgument(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	inbox := new(Inbox)
 	s := startServer(t, ns, newRPCServer(t, inbox, new(Math)))
 	c := dial(t, ns)
@@ -215,7 +217,7 @@ func TestTuneRoutesByArgument(t *testing.T) {
 }
 
 func TestUnroutableCallFailsAtOnce(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Inbox)))
 	c := dial(t, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -240,7 +242,7 @@ func TestReceiveCountsOnlyWellFormedCalls(t *testing.T) {
 	defer cancel()
 	queue := userQueue(t, c, ns, "dan")
 
-	ch := rawChannel(t)
+	ch := brokertest.Channel(t)
 	for _, m := range []amqp.Publishing{
 		{Type: "Inbox.ShowMessage", ReplyTo: "x", CorrelationId: "1", ContentType: "application/msgpack", Body: []byte{0xc1}},
 		{Type: "Inbox.Nope", ReplyTo: "x", CorrelationId: "2", ContentType: "application/json", Body: []byte("1")},
@@ -250,7 +252,7 @@ func TestReceiveCountsOnlyWellFormedCalls(t *testing.T) {
 	}
 	// They are queued before the good call (another connection's publish
 	// could overtake them).
-	require.Eventually(t, func() bool { return queueDepth(t, queue) == 3 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, queue) == 3 }, 5*time.Second, 10*time.Millisecond)
 	var ok bool
 	call := c.Go("Inbox.ShowMessage", To("dan", Message{"dan", "real"}), &ok, nil)
 	n, err := s.ReceiveFromQueue(ctx, "dan", 1)
@@ -259,7 +261,7 @@ func TestReceiveCountsOnlyWellFormedCalls(t *testing.T) {
 	<-call.Done
 	require.NoError(t, call.Error)
 	assert.Equal(t, []string{"real"}, inbox.messages("dan"))
-	assert.Equal(t, 0, queueDepth(t, queue))
+	assert.Equal(t, 0, brokertest.QueueDepth(t, queue))
 }
 
 // TestReceiveSurvives checks that a receive waiting on its queue takes its
@@ -271,7 +273,7 @@ func TestReceiveSurvives(t *testing.T) {
 		disrupt func(t *testing.T, c *Client, user string)
 	}{
 		{"connection loss", func(t *testing.T, c *Client, user string) {
-			rabbitmqctl(t, "close_all_connections", "fault test")
+			brokertest.Rabbitmqctl(t, "close_all_connections", "fault test")
 		}},
 		{"queue deletion", func(t *testing.T, c *Client, user string) {
 			require.NoError(t, c.DeleteRequestQueue(context.Background(), user))
@@ -290,9 +292,9 @@ func TestReceiveSurvives(t *testing.T) {
 				assert.NoError(t, err)
 				received <- n
 			}()
-			require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 10*time.Second, 10*time.Millisecond)
+			require.Eventually(t, func() bool { return brokertest.Consumers(t, queue) == 1 }, 10*time.Second, 10*time.Millisecond)
 			tc.disrupt(t, c, "erin")
-			require.Eventually(t, func() bool { return consumers(t, queue) == 1 }, 30*time.Second, 20*time.Millisecond,
+			require.Eventually(t, func() bool { return brokertest.Consumers(t, queue) == 1 }, 30*time.Second, 20*time.Millisecond,
 				"the receive consumes again")
 
 			var ok bool

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -82,8 +84,8 @@ func tlsListener(t *testing.T, serve func(net.Conn)) (string, *x509.CertPool) {
 // that trusts its certificate.
 func tlsInFrontOfBroker(t *testing.T) (string, *x509.CertPool) {
 	t.Helper()
-	needBroker(t)
-	broker, err := url.Parse(brokerURL())
+	brokertest.Need(t)
+	broker, err := url.Parse(brokertest.URL())
 	require.NoError(t, err)
 	port := broker.Port()
 	if port == "" {
@@ -128,11 +130,11 @@ func TestTLSVerifiesByDefault(t *testing.T) {
 // the broker closes every connection.
 func TestTLSToTheBroker(t *testing.T) {
 	amqps, pool := tlsInFrontOfBroker(t)
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	trust := WithTLS(&tls.Config{RootCAs: pool})
 	s, err := NewServer(amqps, ns, newRPCServer(t, new(Math)), trust)
 	require.NoError(t, err)
-	serveUntilEnd(t, s.Serve, s.Close)
+	brokertest.Serve(t, s.Serve, s.Close)
 	tc, err := Dial(amqps, ns, trust)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, tc.Close()) })
@@ -141,7 +143,7 @@ func TestTLSToTheBroker(t *testing.T) {
 	require.NoError(t, tc.Call("Math.SumNumbers", []int{1, 2, 3, 4}, &sum))
 	assert.Equal(t, 10, sum)
 
-	rabbitmqctl(t, "close_all_connections", "test")
+	brokertest.Rabbitmqctl(t, "close_all_connections", "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	require.NoError(t, tc.CallContext(ctx, "Math.SumNumbers", []int{5, 6}, &sum))
@@ -161,9 +163,9 @@ func errorsAsUnknownAuthority(err error) bool {
 // counted; a garbled body fails only the call it answers; the client goes
 // on working.
 func TestGarbledReplies(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
-	ch := rawChannel(t)
+	ch := brokertest.Channel(t)
 	requests, err := ch.Consume("rpc_"+ns+"_request", "", true, false, false, false, nil)
 	require.NoError(t, err)
 	reply := func(corr, contentType string, body []byte) {
@@ -211,16 +213,16 @@ func TestGarbledReplies(t *testing.T) {
 // A request's reply_to is only ever a routing key on the namespace's
 // response exchange: naming a queue there sends nothing to that queue.
 func TestReplyToCannotRedirectReplies(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
-	ch := rawChannel(t)
+	ch := brokertest.Channel(t)
 	victim, err := ch.QueueDeclare("", false, true, true, false, nil)
 	require.NoError(t, err)
 	require.NoError(t, ch.Publish("rpc_"+ns+"_request", "", false, false, amqp.Publishing{
 		Type: "Math.SumNumbers", ReplyTo: victim.Name, CorrelationId: "x", MessageId: "x",
 		ContentType: "application/json", Body: []byte("[1,2]"),
 	}))
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond,
 		"the request was served")
 	q, err := ch.QueueDeclarePassive(victim.Name, false, true, true, false, nil) // exclusive: only this connection may look
 	require.NoError(t, err)

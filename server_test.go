@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -15,7 +17,7 @@ import (
 // 20 deferred calls run at once on one server (the tutorial's asynchronous
 // calls): each handler waits until all 20 are inside.
 func TestServerRunsCallsConcurrently(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	b := newBarrier(20)
 	startServer(t, ns, newRPCServer(t, b))
 	c := dial(t, ns)
@@ -38,7 +40,7 @@ func TestServerRunsCallsConcurrently(t *testing.T) {
 // Two servers on one namespace share the calls: with prefetch 1 each, two
 // calls that wait for each other can only finish if each server takes one.
 func TestServersShareTheLoad(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	b := newBarrier(2)
 	s1 := newRPCServer(t, b)
 	s2 := newRPCServer(t, b)
@@ -56,9 +58,9 @@ func TestServersShareTheLoad(t *testing.T) {
 // A server that dies mid-call has not acked the request (acks follow the
 // reply's confirm), so the broker gives it to another server.
 func TestServerDiesMidCall(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	stuck := newGate()
-	dying, err := NewServer(brokerURL(), ns, newRPCServer(t, stuck))
+	dying, err := NewServer(brokertest.URL(), ns, newRPCServer(t, stuck))
 	require.NoError(t, err)
 	served := make(chan error, 1)
 	go func() { served <- dying.Serve(context.Background()) }()
@@ -86,17 +88,17 @@ func TestServerDiesMidCall(t *testing.T) {
 // Close lets running handlers reply, returns unstarted requests to the queue
 // and stops every goroutine it started.
 func TestServerGracefulClose(t *testing.T) {
-	needBroker(t)
+	brokertest.Need(t)
 	before := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, before) }) // runs after every other cleanup
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	g := newGate()
-	s, err := NewServer(brokerURL(), ns, newRPCServer(t, g), WithPrefetch(1))
+	s, err := NewServer(brokertest.URL(), ns, newRPCServer(t, g), WithPrefetch(1))
 	require.NoError(t, err)
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(context.Background()) }()
 
-	c, err := Dial(brokerURL(), ns)
+	c, err := Dial(brokertest.URL(), ns)
 	require.NoError(t, err)
 	var first, second string
 	call1 := c.Go("Gate.Wait", "first", &first, nil)
@@ -120,12 +122,12 @@ func TestServerGracefulClose(t *testing.T) {
 	require.NoError(t, call1.Error, "the running call got its reply")
 	assert.Equal(t, "done first", first)
 	assert.Equal(t, int32(1), g.ran.Load(), "the second call did not start")
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 10*time.Millisecond,
 		"the unstarted request is back in the queue")
 
 	next := newGate()
 	close(next.release)
-	s2, err := NewServer(brokerURL(), ns, newRPCServer(t, next))
+	s2, err := NewServer(brokertest.URL(), ns, newRPCServer(t, next))
 	require.NoError(t, err)
 	go func() { served <- s2.Serve(context.Background()) }()
 	<-call2.Done
@@ -138,8 +140,8 @@ func TestServerGracefulClose(t *testing.T) {
 
 // Serve returns when its context ends, and can be called again.
 func TestServeContext(t *testing.T) {
-	ns := testNamespace(t)
-	s, err := NewServer(brokerURL(), ns, newRPCServer(t, new(Math)))
+	ns := brokertest.Namespace(t)
+	s, err := NewServer(brokertest.URL(), ns, newRPCServer(t, new(Math)))
 	require.NoError(t, err)
 	defer s.Close()
 	c := dial(t, ns)
@@ -157,7 +159,7 @@ func TestServeContext(t *testing.T) {
 }
 
 func TestServeTwice(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	s := startServer(t, ns, newRPCServer(t, new(Math)))
 	c := dial(t, ns)
 	require.NoError(t, c.Call("Math.SumNumbers", []int{1}, new(int))) // Serve is running now
@@ -166,7 +168,7 @@ func TestServeTwice(t *testing.T) {
 
 // rpc.DefaultServer is used when rcvr is nil.
 func TestDefaultServer(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	require.NoError(t, rpc.RegisterName("Echo"+ns, new(Math)))
 	startServer(t, ns, nil)
 	c := dial(t, ns)
@@ -180,10 +182,10 @@ func TestDefaultServer(t *testing.T) {
 // request goes back to the queue for another server. With handlers that
 // finish in time it is Close.
 func TestShutdownGivesUpWithItsContext(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	g := newGate()
 	t.Cleanup(func() { close(g.release) }) // the stuck handler ends with the test
-	s, err := NewServer(brokerURL(), ns, newRPCServer(t, g))
+	s, err := NewServer(brokertest.URL(), ns, newRPCServer(t, g))
 	require.NoError(t, err)
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(context.Background()) }()
@@ -208,8 +210,8 @@ func TestShutdownGivesUpWithItsContext(t *testing.T) {
 	assert.Equal(t, "done stuck", *call.Reply.(*string))
 
 	// Handlers that finish in time: Shutdown is Close.
-	ns2 := testNamespace(t)
-	quick, err := NewServer(brokerURL(), ns2, newRPCServer(t, new(Math)))
+	ns2 := brokertest.Namespace(t)
+	quick, err := NewServer(brokertest.URL(), ns2, newRPCServer(t, new(Math)))
 	require.NoError(t, err)
 	go func() { served <- quick.Serve(context.Background()) }()
 	var sum int

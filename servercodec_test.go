@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -21,7 +23,7 @@ type rawPeer struct {
 }
 
 func newRawPeer(t *testing.T, ns string) *rawPeer {
-	ch := rawChannel(t)
+	ch := brokertest.Channel(t)
 	n, _ := newNames(ns, &options{})
 	require.NoError(t, n.requestSide(nil)(ch))
 	q, err := ch.QueueDeclare("", false, true, true, false, nil) // exclusive
@@ -49,7 +51,7 @@ func (p *rawPeer) reply() amqp.Delivery {
 // The server answers in the request's codec, with the request's
 // correlation id, routed by reply_to.
 func TestServerWireMapping(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	p := newRawPeer(t, ns)
 
@@ -73,7 +75,7 @@ func TestServerWireMapping(t *testing.T) {
 // Malformed requests get an error reply where they have a reply address,
 // leave the queue, and the next good call works.
 func TestServerRefusesMalformedRequests(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)), WithMaxBodySize(1024))
 	p := newRawPeer(t, ns)
 
@@ -106,19 +108,19 @@ func TestServerRefusesMalformedRequests(t *testing.T) {
 	// Without a reply address there is no one to answer: the request is
 	// dropped from the queue all the same.
 	p.send(amqp.Publishing{Type: "Math.SumNumbers", ContentType: "application/json", Body: []byte("[1]")})
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
 
 	c := dial(t, ns)
 	var sum int
 	require.NoError(t, c.Call("Math.SumNumbers", []int{1, 2}, &sum))
 	assert.Equal(t, 3, sum)
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 10*time.Millisecond)
 }
 
 // NewClientCodec and NewServerCodec work with plain net/rpc.
 func TestPlainNetRPCCodecs(t *testing.T) {
-	ns := testNamespace(t)
-	conn, err := amqp.Dial(brokerURL())
+	ns := brokertest.Namespace(t)
+	conn, err := amqp.Dial(brokertest.URL())
 	require.NoError(t, err)
 	defer conn.Close()
 
@@ -153,7 +155,7 @@ func TestPlainNetRPCCodecs(t *testing.T) {
 // error reply instead of crashing the server; the queue empties and the
 // next good call works.
 func TestServerSurvivesHostileBodies(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
 	p := newRawPeer(t, ns)
 	nested := func(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
@@ -182,5 +184,5 @@ func TestServerSurvivesHostileBodies(t *testing.T) {
 	var sum int
 	require.NoError(t, c.Call("Math.SumNumbers", []int{1, 2}, &sum))
 	assert.Equal(t, 3, sum)
-	require.Eventually(t, func() bool { return queueMessages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 50*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 50*time.Millisecond)
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -15,7 +17,7 @@ import (
 // brokerConnections counts the broker's connections named name.
 func brokerConnections(t *testing.T, name string) int {
 	t.Helper()
-	return strings.Count(rabbitmqctl(t, "list_connections", "-q", "--no-table-headers", "client_properties"), `"`+name+`"`)
+	return strings.Count(brokertest.Rabbitmqctl(t, "list_connections", "-q", "--no-table-headers", "client_properties"), `"`+name+`"`)
 }
 
 // 50 clients and 50 servers of 50 namespaces share one transport.Conn: the
@@ -23,8 +25,8 @@ func brokerConnections(t *testing.T, name string) int {
 // load, every client and server resumes on the redialed pair: no call
 // fails and no handler runs twice. Closing them leaves the Conn open.
 func TestSharedConnection(t *testing.T) {
-	name := "amqprpc shared " + testNamespace(t)
-	conn, err := transport.Dial(brokerURL(), transport.Config{Name: name})
+	name := "amqprpc shared " + brokertest.Namespace(t)
+	conn, err := transport.Dial(brokertest.URL(), transport.Config{Name: name})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, conn.Close()) })
 
@@ -32,11 +34,11 @@ func TestSharedConnection(t *testing.T) {
 	clients := make([]*Client, n)
 	ledgers := make([]*Ledger, n)
 	for i := range n {
-		ns := fmt.Sprintf("%s_%d", testNamespace(t), i)
+		ns := fmt.Sprintf("%s_%d", brokertest.Namespace(t), i)
 		ledgers[i] = new(Ledger)
 		s, err := NewServer("", ns, newRPCServer(t, ledgers[i]), WithConnection(conn))
 		require.NoError(t, err)
-		serveUntilEnd(t, s.Serve, s.Close)
+		brokertest.Serve(t, s.Serve, s.Close)
 		clients[i], err = Dial("", ns, WithConnection(conn))
 		require.NoError(t, err)
 		t.Cleanup(func() { require.NoError(t, clients[i].Close()) })
@@ -52,7 +54,7 @@ func TestSharedConnection(t *testing.T) {
 		return nil
 	})
 	time.Sleep(1500 * time.Millisecond)
-	rabbitmqctl(t, "close_all_connections", "shared connection test")
+	brokertest.Rabbitmqctl(t, "close_all_connections", "shared connection test")
 	time.Sleep(2500 * time.Millisecond)
 	res := stop()
 	twice := 0
@@ -71,6 +73,6 @@ func TestSharedConnection(t *testing.T) {
 	require.NoError(t, clients[1].Call("Ledger.Record", "after", &reply))
 	assert.Equal(t, 2, brokerConnections(t, name))
 
-	_, err = Dial(brokerURL(), "x", WithConnection(conn))
+	_, err = Dial(brokertest.URL(), "x", WithConnection(conn))
 	require.Error(t, err, "a url and a connection")
 }

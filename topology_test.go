@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/internal/brokertest"
+
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -13,9 +15,9 @@ import (
 // promise: re-declaring them with exactly those arguments succeeds, which the
 // broker only allows when they match.
 func TestTopology(t *testing.T) {
-	ns := testNamespace(t)
+	ns := brokertest.Namespace(t)
 	c := dial(t, ns, WithReplyQueueExpiry(90*time.Second))
-	ch := rawChannel(t)
+	ch := brokertest.Channel(t)
 
 	for _, ex := range []string{"rpc_" + ns + "_request", "rpc_" + ns + "_response"} {
 		require.NoError(t, ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil), ex)
@@ -23,7 +25,7 @@ func TestTopology(t *testing.T) {
 	_, err := ch.QueueDeclare("rpc_"+ns+"_request", true, false, false, false, nil)
 	require.NoError(t, err)
 	replyQueue := "rpc_" + ns + "_" + c.ID() + "_response"
-	t.Cleanup(func() { _, _ = rawChannel(t).QueueDelete(replyQueue, false, false, false) })
+	t.Cleanup(func() { _, _ = brokertest.Channel(t).QueueDelete(replyQueue, false, false, false) })
 	_, err = ch.QueueDeclare(replyQueue, true, false, false, false, amqp.Table{"x-expires": int64(90_000)})
 	require.NoError(t, err, "the reply queue is durable and expires")
 
@@ -34,7 +36,7 @@ func TestTopology(t *testing.T) {
 
 	// The request queue is bound with key "".
 	require.NoError(t, ch.Publish("rpc_"+ns+"_request", "", true, false, amqp.Publishing{}))
-	require.Eventually(t, func() bool { return queueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, "rpc_"+ns+"_request") == 1 }, 5*time.Second, 5*time.Millisecond)
 }
 
 func TestBadNamespace(t *testing.T) {

@@ -30,6 +30,9 @@ const (
 	// codeNoRoute: a request put back after ErrIgnoreRequest found its
 	// queue gone; the text is a noRouteError's.
 	codeNoRoute = "no_route"
+	// codeNotTaken: every server that took the request ignored it,
+	// ignoreLimit times in all; the client returns ErrNotTaken.
+	codeNotTaken = "not_taken"
 )
 
 // randomHex returns n random bytes from crypto/rand as 2n hex characters.

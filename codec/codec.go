@@ -78,23 +78,3 @@ var (
 	JSON    Codec = jsonCodec{}
 	Gob     Codec = gobCodec{}
 )
-
-var builtin = []Codec{MsgPack, JSON, Gob}
-
-// ByContentType returns the built-in codec whose ContentType is ct, or one
-// of extra (checked first). amqprpc's servers use a narrower rule: they
-// decode msgpack, JSON and their own codec, and gob only when it is their
-// own, because encoding/gob is not safe on hostile input.
-func ByContentType(ct string, extra ...Codec) (Codec, bool) {
-	for _, c := range extra {
-		if c != nil && c.ContentType() == ct {
-			return c, true
-		}
-	}
-	for _, c := range builtin {
-		if c.ContentType() == ct {
-			return c, true
-		}
-	}
-	return nil, false
-}

@@ -3,10 +3,11 @@ package codec_test
 import (
 	"testing"
 
-	"github.com/amqprpc/amqprpc/codec"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/amqprpc/amqprpc/codec"
 )
 
 type args struct {
@@ -36,16 +37,6 @@ func TestGarbageIsAnError(t *testing.T) {
 			assert.Error(t, c.Unmarshal([]byte{0xc1, 0xff, 0x00, '{'}, &out))
 		})
 	}
-}
-
-func TestByContentType(t *testing.T) {
-	for _, c := range []codec.Codec{codec.MsgPack, codec.JSON, codec.Gob} {
-		got, ok := codec.ByContentType(c.ContentType())
-		require.True(t, ok)
-		assert.Equal(t, c, got)
-	}
-	_, ok := codec.ByContentType("text/plain")
-	assert.False(t, ok)
 }
 
 // Raw payloads take a fast path that must match msgpack's own encoding.

@@ -52,7 +52,65 @@ func Main(m *testing.M) {
 			transport.Redact(URL()), err)
 		_ = flag.Set("test.skip", "^Example")
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if err == nil {
+		deleteExampleObjects()
+	}
+	os.Exit(code)
+}
+
+// deleteExampleObjects deletes the queues and exchanges that the godoc
+// examples made (their namespaces start with "example"), so that a test
+// run leaves the broker as it found it. The examples cannot clean up
+// themselves without cluttering what they show. Best effort: without
+// rabbitmqctl nothing is listed and nothing deleted.
+func deleteExampleObjects() {
+	list := func(what string) []string {
+		cmd := ctlCommand(what, "-q", "--no-table-headers", "name")
+		out, err := exec.Command(cmd[0], cmd[1:]...).Output()
+		if err != nil {
+			return nil
+		}
+		var names []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if name := strings.TrimSpace(line); strings.HasPrefix(name, "rpc_example") {
+				names = append(names, name)
+			}
+		}
+		return names
+	}
+	queues, exchanges := list("list_queues"), list("list_exchanges")
+	if len(queues)+len(exchanges) == 0 {
+		return
+	}
+	conn, err := amqp.Dial(URL())
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	for _, q := range queues {
+		_, _ = ch.QueueDelete(q, false, false, false)
+	}
+	for _, x := range exchanges {
+		_ = ch.ExchangeDelete(x, false, false)
+	}
+}
+
+// ctlCommand is the rabbitmqctl command line with args: see Rabbitmqctl.
+func ctlCommand(args ...string) []string {
+	cmd := strings.Fields(os.Getenv("AMQPRPC_RABBITMQCTL"))
+	if len(cmd) == 0 {
+		path, err := exec.LookPath("rabbitmqctl")
+		if err != nil {
+			path = "/usr/sbin/rabbitmqctl"
+		}
+		cmd = []string{path}
+	}
+	return append(cmd, args...)
 }
 
 // Need skips t when there is no broker (Main already failed the run when
@@ -126,15 +184,8 @@ func Consumers(t testing.TB, queue string) int {
 // than the one AMQP_URL points at.
 func Rabbitmqctl(t testing.TB, args ...string) string {
 	t.Helper()
-	cmd := strings.Fields(os.Getenv("AMQPRPC_RABBITMQCTL"))
-	if len(cmd) == 0 {
-		path, err := exec.LookPath("rabbitmqctl")
-		if err != nil {
-			path = "/usr/sbin/rabbitmqctl"
-		}
-		cmd = []string{path}
-	}
-	out, err := exec.Command(cmd[0], append(cmd[1:], args...)...).CombinedOutput()
+	cmd := ctlCommand(args...)
+	out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
 	require.NoError(t, err, "rabbitmqctl %v: %s", args, out)
 	return string(out)
 }

@@ -93,7 +93,6 @@ var consumerSeq atomic.Uint64
 // errCancelled is open's error once Cancel was called.
 var errCancelled = errors.New("amqprpc: consumer cancelled")
 
-// open opens a channel and consumes on it.
 // sub is one channel's subscription: its deliveries and the notifications
 // that end it, registered before consuming so that none is missed.
 type sub struct {
@@ -102,6 +101,7 @@ type sub struct {
 	cancelled  chan string // the broker cancelled us (the queue was deleted)
 }
 
+// open opens a channel, runs Setup on it and consumes on it.
 func (k *Consumer) open(ctx context.Context) (*sub, error) {
 	k.mu.Lock()
 	cancelled := k.cancelled
