@@ -146,25 +146,32 @@ func StartFloor(url string, features Feature) (Contender, error) {
 	return f, nil
 }
 
+// declareServer declares the request queue, and the exchanges if the
+// floor uses named ones.
+func (f *floor) declareServer(in *amqp.Channel) error {
+	durable := f.has&DurableQueues != 0
+	if _, err := in.QueueDeclare(f.queue, durable, !durable, !durable, false, nil); err != nil { // else exclusive
+		return err
+	}
+	if f.reqX == "" {
+		return nil
+	}
+	if err := in.ExchangeDeclare(f.reqX, "direct", false, true, false, false, nil); err != nil {
+		return err
+	}
+	if err := in.ExchangeDeclare(f.repX, "direct", false, true, false, false, nil); err != nil {
+		return err
+	}
+	return in.QueueBind(f.queue, f.queue, f.reqX, false, nil)
+}
+
 func (f *floor) startServer() error {
 	in, err := f.sconn.Channel()
 	if err != nil {
 		return err
 	}
-	durable := f.has&DurableQueues != 0
-	if _, err := in.QueueDeclare(f.queue, durable, !durable, !durable, false, nil); err != nil { // else exclusive
+	if err := f.declareServer(in); err != nil {
 		return err
-	}
-	if f.reqX != "" {
-		if err := in.ExchangeDeclare(f.reqX, "direct", false, true, false, false, nil); err != nil {
-			return err
-		}
-		if err := in.ExchangeDeclare(f.repX, "direct", false, true, false, false, nil); err != nil {
-			return err
-		}
-		if err := in.QueueBind(f.queue, f.queue, f.reqX, false, nil); err != nil {
-			return err
-		}
 	}
 	if err := in.Qos(256, 0, false); err != nil {
 		return err

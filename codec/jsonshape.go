@@ -263,14 +263,28 @@ func (w *jsonWalk) scan(pos, depth int) int {
 // wins, then a tagged one; two left at the same depth cancel out. The
 // names come in field order.
 func jsonFields(t reflect.Type) structFields {
-	type field struct {
-		name   string
-		tagged bool
-		index  []int
-		typ    reflect.Type
+	var sf structFields
+	for _, f := range dominantJSONFields(collectJSONFields(t)) {
+		sf.names = append(sf.names, namedField{f.name, f.typ})
 	}
-	var fields []field
-	current, next := []field{}, []field{{typ: t}}
+	return sf
+}
+
+// jsonField is a field of a struct as encoding/json sees it, embedded
+// structs' fields included.
+type jsonField struct {
+	name   string
+	tagged bool
+	index  []int
+	typ    reflect.Type
+}
+
+// collectJSONFields lists t's fields and those of its embedded structs,
+// breadth first, as encoding/json's typeFields does; a field name that
+// occurs twice at one depth is listed twice, so that both cancel out.
+func collectJSONFields(t reflect.Type) []jsonField {
+	var fields []jsonField
+	current, next := []jsonField{}, []jsonField{{typ: t}}
 	var count, nextCount map[reflect.Type]int
 	visited := map[reflect.Type]bool{}
 	for len(next) > 0 {
@@ -308,7 +322,7 @@ func jsonFields(t reflect.Type) structFields {
 					if name == "" {
 						name = sf.Name
 					}
-					fields = append(fields, field{name, tagged, index, sf.Type})
+					fields = append(fields, jsonField{name, tagged, index, sf.Type})
 					if count[f.typ] > 1 { // a duplicate, so that both cancel out
 						fields = append(fields, fields[len(fields)-1])
 					}
@@ -316,13 +330,19 @@ func jsonFields(t reflect.Type) structFields {
 				}
 				nextCount[ft]++
 				if nextCount[ft] == 1 {
-					next = append(next, field{name: ft.Name(), index: index, typ: ft})
+					next = append(next, jsonField{name: ft.Name(), index: index, typ: ft})
 				}
 			}
 		}
 	}
+	return fields
+}
 
-	slices.SortFunc(fields, func(a, b field) int {
+// dominantJSONFields keeps, of the fields sharing a name, the one
+// encoding/json uses (the shallowest, then the tagged one; none if that
+// leaves a tie), in the order of the struct.
+func dominantJSONFields(fields []jsonField) []jsonField {
+	slices.SortFunc(fields, func(a, b jsonField) int {
 		if c := strings.Compare(a.name, b.name); c != 0 {
 			return c
 		}
@@ -348,13 +368,8 @@ func jsonFields(t reflect.Type) structFields {
 		}
 		i = j
 	}
-	slices.SortFunc(out, func(a, b field) int { return slices.Compare(a.index, b.index) })
-
-	var sf structFields
-	for _, f := range out {
-		sf.names = append(sf.names, namedField{f.name, f.typ})
-	}
-	return sf
+	slices.SortFunc(out, func(a, b jsonField) int { return slices.Compare(a.index, b.index) })
+	return out
 }
 
 // isValidJSONTag is encoding/json's isValidTag.

@@ -35,47 +35,12 @@ func main() {
 // table to out. The contenders it started are closed (deleting what they
 // declared) however it returns.
 func run(args []string, out io.Writer) (err error) {
-	fs := flag.NewFlagSet("amqprpc-bench", flag.ContinueOnError)
-	url := fs.String("url", envOr("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "broker URL")
-	duration := fs.Duration("duration", time.Second, "measured time per contender, concurrency, body size and round")
-	warmup := fs.Duration("warmup", 300*time.Millisecond, "unmeasured calls before each measurement")
-	rounds := fs.Int("rounds", 2, "turns each contender takes at each point")
-	concsFlag := fs.String("c", "1,16,64,256", "concurrent callers")
-	sizesFlag := fs.String("body", "16,1024,65536", "body sizes in bytes")
-	only := fs.String("only", "", "run only contenders whose name contains this")
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run here")
-	without := fs.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+strings.ReplaceAll(bench.AllFeatures.String(), "+", ", ")+"; or all)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	concs, err := ints(*concsFlag)
+	cfg, err := parseFlags(args)
 	if err != nil {
 		return err
 	}
-	sizes, err := ints(*sizesFlag)
-	if err != nil {
-		return err
-	}
-	if *rounds < 1 {
-		return fmt.Errorf("-rounds %d: at least 1", *rounds)
-	}
-	factories := bench.Contenders()
-	if *without != "" {
-		names := strings.Split(*without, ",")
-		if *without == "all" {
-			names = strings.Split(bench.AllFeatures.String(), "+")
-		}
-		for _, name := range names {
-			feature, err := bench.ParseFeature(strings.TrimSpace(name))
-			if err != nil {
-				return err
-			}
-			factories = append(factories, bench.FloorWithout(feature))
-		}
-	}
-
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
+	if cfg.cpuprofile != "" {
+		f, err := os.Create(cfg.cpuprofile)
 		if err != nil {
 			return err
 		}
@@ -83,11 +48,6 @@ func run(args []string, out io.Writer) (err error) {
 			return err
 		}
 		defer pprof.StopCPUProfile()
-	}
-
-	type started struct {
-		name, short string
-		c           bench.Contender
 	}
 	var contenders []started
 	defer func() {
@@ -97,11 +57,11 @@ func run(args []string, out io.Writer) (err error) {
 			}
 		}
 	}()
-	for _, f := range factories {
-		if *only != "" && !strings.Contains(f.Name, *only) {
+	for _, f := range cfg.factories {
+		if cfg.only != "" && !strings.Contains(f.Name, cfg.only) {
 			continue
 		}
-		c, err := f.Start(*url)
+		c, err := f.Start(cfg.url)
 		if err != nil {
 			return fmt.Errorf("%s: %w", f.Name, err)
 		}
@@ -109,61 +69,17 @@ func run(args []string, out io.Writer) (err error) {
 	}
 
 	fmt.Fprintf(out, "amqprpc-bench: %d round(s) of %v per point, warmup %v, GOMAXPROCS-bound process sharing the machine with the broker\n\n",
-		*rounds, *duration, *warmup)
+		cfg.rounds, cfg.duration, cfg.warmup)
 	fmt.Fprintln(out, "| body | callers | contender | calls/s | × floor | p50 | p99 | CPU/call | broker CPU/call | allocs/call |")
 	fmt.Fprintln(out, "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 	var summary []string
-	for _, size := range sizes {
-		for _, conc := range concs {
-			sums := make([]bench.Result, len(contenders))
-			for range *rounds {
-				for i, s := range contenders {
-					r, err := bench.Run(s.c, s.name, conc, size, *warmup, *duration)
-					if err != nil {
-						return fmt.Errorf("%s, %d callers, %d B: %w", s.name, conc, size, err)
-					}
-					sums[i] = add(sums[i], r)
-				}
+	for _, size := range cfg.sizes {
+		for _, conc := range cfg.concs {
+			sums, err := measure(cfg, contenders, conc, size)
+			if err != nil {
+				return err
 			}
-			var floor, like bench.Result
-			for i := range sums {
-				sums[i] = div(sums[i], *rounds)
-				switch contenders[i].short {
-				case "floor":
-					floor = sums[i]
-				case "floorlike":
-					like = sums[i]
-				}
-			}
-			// vsLike says how amqprpc compares with the hand-written code
-			// that asks the broker for the same features.
-			vsLike := func(r bench.Result, latency bool) string {
-				switch {
-				case like.Calls == 0:
-					return ""
-				case latency:
-					return fmt.Sprintf("; %.2f× the floor with the same broker features", float64(r.P50)/float64(like.P50))
-				}
-				return fmt.Sprintf("; %.2f× the floor with the same broker features", r.CallsPerSecond()/like.CallsPerSecond())
-			}
-			for _, r := range sums {
-				ratio := "—"
-				if floor.Calls > 0 {
-					ratio = fmt.Sprintf("%.2f", r.CallsPerSecond()/floor.CallsPerSecond())
-				}
-				fmt.Fprintf(out, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %.0f |\n", bytesize(size), conc, r.Contender,
-					r.CallsPerSecond(), ratio, ms(r.P50), ms(r.P99), us(r.CPUPerCall), brokerUs(r.BrokerCPUPerCall), r.AllocsPerCall)
-				if r.Contender == "amqprpc" && floor.Calls > 0 {
-					switch {
-					case conc == 64 && size <= 1024:
-						summary = append(summary, fmt.Sprintf("- 64 callers, %s: throughput %.2f× the floor (target ≥ 0.90)%s", bytesize(size), r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
-					case conc == 1 && size == 16:
-						summary = append(summary, fmt.Sprintf("- 1 caller, 16 B: p50 %.2f× the floor's (target ≤ 1.10)%s", float64(r.P50)/float64(floor.P50), vsLike(r, true)))
-					case size == 64<<10 && conc == 64:
-						summary = append(summary, fmt.Sprintf("- 64 callers, 64 KiB: throughput %.2f× the floor (target ≥ 0.90)%s", r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
-					}
-				}
-			}
+			summary = append(summary, printPoint(out, contenders, sums, conc, size)...)
 		}
 	}
 	if len(summary) > 0 {
@@ -171,6 +87,129 @@ func run(args []string, out io.Writer) (err error) {
 		fmt.Fprintln(out, strings.Join(summary, "\n"))
 	}
 	return nil
+}
+
+// config is what the command line asks for.
+type config struct {
+	url              string
+	duration, warmup time.Duration
+	rounds           int
+	concs, sizes     []int
+	only, cpuprofile string
+	factories        []bench.Factory
+}
+
+// parseFlags reads the command line.
+func parseFlags(args []string) (*config, error) {
+	fs := flag.NewFlagSet("amqprpc-bench", flag.ContinueOnError)
+	cfg := &config{}
+	fs.StringVar(&cfg.url, "url", envOr("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "broker URL")
+	fs.DurationVar(&cfg.duration, "duration", time.Second, "measured time per contender, concurrency, body size and round")
+	fs.DurationVar(&cfg.warmup, "warmup", 300*time.Millisecond, "unmeasured calls before each measurement")
+	fs.IntVar(&cfg.rounds, "rounds", 2, "turns each contender takes at each point")
+	concsFlag := fs.String("c", "1,16,64,256", "concurrent callers")
+	sizesFlag := fs.String("body", "16,1024,65536", "body sizes in bytes")
+	fs.StringVar(&cfg.only, "only", "", "run only contenders whose name contains this")
+	fs.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run here")
+	without := fs.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+strings.ReplaceAll(bench.AllFeatures.String(), "+", ", ")+"; or all)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	var err error
+	if cfg.concs, err = ints(*concsFlag); err != nil {
+		return nil, err
+	}
+	if cfg.sizes, err = ints(*sizesFlag); err != nil {
+		return nil, err
+	}
+	if cfg.rounds < 1 {
+		return nil, fmt.Errorf("-rounds %d: at least 1", cfg.rounds)
+	}
+	cfg.factories = bench.Contenders()
+	if *without != "" {
+		names := strings.Split(*without, ",")
+		if *without == "all" {
+			names = strings.Split(bench.AllFeatures.String(), "+")
+		}
+		for _, name := range names {
+			feature, err := bench.ParseFeature(strings.TrimSpace(name))
+			if err != nil {
+				return nil, err
+			}
+			cfg.factories = append(cfg.factories, bench.FloorWithout(feature))
+		}
+	}
+	return cfg, nil
+}
+
+// started is a contender that runs.
+type started struct {
+	name, short string
+	c           bench.Contender
+}
+
+// measure runs every contender at one point, taking turns, and returns
+// their mean results.
+func measure(cfg *config, contenders []started, conc, size int) ([]bench.Result, error) {
+	sums := make([]bench.Result, len(contenders))
+	for range cfg.rounds {
+		for i, s := range contenders {
+			r, err := bench.Run(s.c, s.name, conc, size, cfg.warmup, cfg.duration)
+			if err != nil {
+				return nil, fmt.Errorf("%s, %d callers, %d B: %w", s.name, conc, size, err)
+			}
+			sums[i] = add(sums[i], r)
+		}
+	}
+	for i := range sums {
+		sums[i] = div(sums[i], cfg.rounds)
+	}
+	return sums, nil
+}
+
+// printPoint prints one point's rows and returns its lines of the
+// targets summary.
+func printPoint(out io.Writer, contenders []started, sums []bench.Result, conc, size int) (summary []string) {
+	var floor, like bench.Result
+	for i := range sums {
+		switch contenders[i].short {
+		case "floor":
+			floor = sums[i]
+		case "floorlike":
+			like = sums[i]
+		}
+	}
+	// vsLike says how amqprpc compares with the hand-written code that
+	// asks the broker for the same features.
+	vsLike := func(r bench.Result, latency bool) string {
+		switch {
+		case like.Calls == 0:
+			return ""
+		case latency:
+			return fmt.Sprintf("; %.2f× the floor with the same broker features", float64(r.P50)/float64(like.P50))
+		}
+		return fmt.Sprintf("; %.2f× the floor with the same broker features", r.CallsPerSecond()/like.CallsPerSecond())
+	}
+	for _, r := range sums {
+		ratio := "—"
+		if floor.Calls > 0 {
+			ratio = fmt.Sprintf("%.2f", r.CallsPerSecond()/floor.CallsPerSecond())
+		}
+		fmt.Fprintf(out, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %.0f |\n", bytesize(size), conc, r.Contender,
+			r.CallsPerSecond(), ratio, ms(r.P50), ms(r.P99), us(r.CPUPerCall), brokerUs(r.BrokerCPUPerCall), r.AllocsPerCall)
+		if r.Contender != "amqprpc" || floor.Calls == 0 {
+			continue
+		}
+		switch {
+		case conc == 64 && size <= 1024:
+			summary = append(summary, fmt.Sprintf("- 64 callers, %s: throughput %.2f× the floor (target ≥ 0.90)%s", bytesize(size), r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
+		case conc == 1 && size == 16:
+			summary = append(summary, fmt.Sprintf("- 1 caller, 16 B: p50 %.2f× the floor's (target ≤ 1.10)%s", float64(r.P50)/float64(floor.P50), vsLike(r, true)))
+		case size == 64<<10 && conc == 64:
+			summary = append(summary, fmt.Sprintf("- 64 callers, 64 KiB: throughput %.2f× the floor (target ≥ 0.90)%s", r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
+		}
+	}
+	return summary
 }
 
 func add(a, b bench.Result) bench.Result {
