@@ -63,6 +63,16 @@ type clientCodec struct {
 	pub      *transport.Publisher
 	stream   *transport.Stream // the reply queue's deliveries
 	release  func() error      // closes what the codec owns, once
+	routes   routes            // Tune's functions, under their own lock
+	acks     *replyAcker       // the replies read and not acked yet, under its own lock
+	lookUps  *queueLookups     // for returned calls; nil: they fail at once
+	dropped  atomic.Uint64     // replies dropped: unknown ids, duplicates, unreadable
+
+	// queueLost is set when the reply queue may have lost replies: the
+	// broker cancelled its consumer (the queue was deleted), it was gone
+	// when the consumer came back, or its node is down. The reader then
+	// publishes every pending call again once it consumes the new queue.
+	queueLost *atomic.Bool
 
 	synthReady chan struct{} // cap 1: synth gained an entry
 	timerReset chan struct{} // cap 1: the timeout list's head changed
@@ -71,34 +81,19 @@ type clientCodec struct {
 	closeErr   error
 	wg         sync.WaitGroup // the timeout goroutine
 
-	mu sync.Mutex
-	// protects pending, timeouts, synth, eof, and the err, call and
-	// deferred of every callInfo
-	eof      bool // the reader returned io.EOF: net/rpc fails what is left itself
-	pending  map[uint64]*pendingCall
-	timeouts timeoutList
-	synth    []rpc.Response // completions made up by the codec, to be read next
-	// gathers (below) is protected too
-
-	routes routes // Tune's functions
-
-	broadcasts // CallAll's; its gathers are protected by mu too
-
 	// Read side: net/rpc reads header and body pairs from one goroutine.
 	body      []byte      // body still to decode in ReadResponseBody
 	bodyCodec codec.Codec // its codec; nil: nothing to decode
-	acks      *replyAcker // the replies read and not acked yet
 
-	dropped atomic.Uint64 // replies dropped: unknown ids, duplicates, unreadable
-
-	lookUps    *queueLookups // for returned calls; nil: they fail at once
-	heldLogged time.Time     // when a held call was logged last; under mu
-
-	// queueLost is set when the reply queue may have lost replies: the
-	// broker cancelled its consumer (the queue was deleted) or it was gone
-	// when the consumer came back. The reader then publishes every pending
-	// call again once it consumes the new queue.
-	queueLost *atomic.Bool
+	mu sync.Mutex
+	// protects the fields below, and the err, early, call and deferred of
+	// every callInfo
+	eof        bool // the reader returned io.EOF: net/rpc fails what is left itself
+	pending    map[uint64]*pendingCall
+	timeouts   timeoutList
+	synth      []rpc.Response // completions made up by the codec, to be read next
+	heldLogged time.Time      // when a held call was logged last
+	broadcasts                // CallAll's: its gathers
 }
 
 type clientCodecConfig struct {

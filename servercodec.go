@@ -37,12 +37,14 @@ type serverCodec struct {
 
 	quota // of ReceiveFromQueue
 
-	// net/rpc's ServerCodec side (NewServerCodec): one reader goroutine.
+	// net/rpc's ServerCodec side (NewServerCodec): seq and cur belong to
+	// its one reader goroutine; WriteResponse runs on the handlers'.
+	seq uint64
+	cur *request
+
 	mu sync.Mutex
 	// protects pending
 	pending map[uint64]*request
-	seq     uint64
-	cur     *request
 }
 
 type serverCodecConfig struct {
