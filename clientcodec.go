@@ -60,7 +60,7 @@ type clientCodec struct {
 	timeout  time.Duration
 	delivery uint8 // delivery mode of requests: transient or persistent
 	log      *slog.Logger
-	pub      *transport.Publisher
+	pub      publisher
 	stream   *transport.Stream // the reply queue's deliveries
 	release  func() error      // closes what the codec owns, once
 	routes   routes            // Tune's functions, under their own lock
@@ -100,7 +100,7 @@ type clientCodecConfig struct {
 	names
 	clientID string
 	opts     *options
-	pub      *transport.Publisher
+	pub      publisher
 	stream   *transport.Stream
 	lost     *atomic.Bool // see clientCodec.queueLost
 	lookUps  *queueLookups

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/amqprpc/amqprpc/internal/brokertest"
+	"github.com/amqprpc/amqprpc/internal/transport"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -117,7 +118,7 @@ func TestCallWhileDisconnected(t *testing.T) {
 	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancelShort()
 	require.ErrorIs(t, c.CallContext(short, "Ledger.Record", "too late", &reply), context.DeadlineExceeded)
-	require.Eventually(t, func() bool { return c.codec.pub.Len() == 0 }, 3*time.Second, 20*time.Millisecond,
+	require.Eventually(t, func() bool { return c.codec.pub.(*transport.Publisher).Len() == 0 }, 3*time.Second, 20*time.Millisecond,
 		"the expired request leaves the publisher's queue while the link is still down")
 
 	long, cancelLong := context.WithTimeout(context.Background(), time.Minute)

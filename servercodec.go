@@ -19,7 +19,7 @@ type serverCodec struct {
 	custom  codec.Codec // accepted besides the built-in codecs
 	maxBody int
 	log     *slog.Logger
-	pub     *transport.Publisher
+	pub     publisher
 	acker   *transport.Acker // sends the acks, merging those of a burst
 	seen    *dedupe          // nil: no duplicate detection
 	stream  *transport.Stream
@@ -50,7 +50,7 @@ type serverCodec struct {
 type serverCodecConfig struct {
 	names
 	opts  *options
-	pub   *transport.Publisher
+	pub   publisher
 	acker *transport.Acker
 	seen  *dedupe
 	limit int // stop after this many well-formed calls; <= 0: no limit

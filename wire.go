@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/amqprpc/amqprpc/codec"
+	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
 // The AMQP mapping of a net/rpc call (see amqprpc.go, "Wire format"):
@@ -107,3 +108,9 @@ var (
 	msgpackType = codec.MsgPack.ContentType()
 	jsonType    = codec.JSON.ContentType()
 )
+
+// publisher is what the codecs need of a transport.Publisher: a seam for
+// unit tests of their decisions, which a fake publisher drives.
+type publisher interface {
+	Publish(m transport.Message, done transport.Confirmed) error
+}
