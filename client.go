@@ -3,6 +3,7 @@ package amqprpc
 import (
 	"context"
 	"errors"
+	"log"
 	"net/rpc"
 	"sync"
 	"time"
@@ -73,11 +74,13 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		Cancelled: func() { queue.lost.Store(true) },
 	})
 	if err != nil {
+		_ = queue.close()
 		return nil, err
 	}
 	pub, err := transport.NewPublisher(pubConn, o.logger, n.declareExchanges, nil)
 	if err != nil {
 		_ = replies.Close()
+		_ = queue.close()
 		return nil, err
 	}
 	return newClientCodec(clientCodecConfig{
@@ -88,7 +91,7 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		stream:   replies.Stream(),
 		lost:     &queue.lost,
 		lookUps:  newQueueLookups(subConn),
-		release:  joinClose(replies.Close, queue.close, stopPublisher(pub), closeConns, pub.Close),
+		release:  joinClose(replies.Close, stopPublisher(pub), closeConns, queue.close, pub.Close),
 	}), nil
 }
 
@@ -143,13 +146,35 @@ func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) 
 // the default call timeout).
 func (c *Client) start(serviceMethod string, args, reply any, deadline time.Time, done chan *rpc.Call) (*rpc.Call, *callInfo) {
 	info := &callInfo{args: args, reply: reply, deadline: deadline}
+	if c.codec.isClosed() {
+		// net/rpc would fail it before Go returns, with the envelope in
+		// call.Args for whoever reads done meanwhile: fail it as net/rpc
+		// does, but with the caller's args.
+		return shutDown(serviceMethod, args, reply, done), info
+	}
 	call := c.rc.Go(serviceMethod, &callArgs{args: args, info: info}, reply, done)
 	if info.sent {
 		c.codec.attach(info, call) // puts back call.Args
 	} else {
-		call.Args = args // net/rpc failed it already
+		call.Args = args // Close won the race with the check above: net/rpc failed it
 	}
 	return call, info
+}
+
+// shutDown returns a call completed with rpc.ErrShutdown, as rpc.Client.Go
+// makes one on a closed client (the same done rules and panic).
+func shutDown(serviceMethod string, args, reply any, done chan *rpc.Call) *rpc.Call {
+	if done == nil {
+		done = make(chan *rpc.Call, 10) // net/rpc's default
+	} else if cap(done) == 0 {
+		log.Panic("rpc: done channel is unbuffered")
+	}
+	call := &rpc.Call{ServiceMethod: serviceMethod, Args: args, Reply: reply, Error: rpc.ErrShutdown, Done: done}
+	select {
+	case done <- call:
+	default:
+	}
+	return call
 }
 
 // CallContext invokes serviceMethod and waits for its reply or for ctx to

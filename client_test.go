@@ -327,4 +327,26 @@ func TestCallArgsAreTheCallers(t *testing.T) {
 	<-call.Done
 	require.NoError(t, call.Error)
 	assert.Same(t, routed, call.Args)
+
+	// Calls that fail before they are sent, read from a done channel
+	// shared with a goroutine that looks at their Args (go test -race).
+	small := dial(t, ns, WithMaxBodySize(64))
+	shared := make(chan *rpc.Call, 10)
+	seen := make(chan any, 10)
+	go func() {
+		for call := range shared {
+			seen <- call.Args
+		}
+	}()
+	big := make([]int, 100)
+	call = small.Go("Math.SumNumbers", big, new(int), shared)
+	assert.Equal(t, big, <-seen) // the call is done once seen
+	assert.ErrorIs(t, call.Error, ErrTooLarge)
+
+	require.NoError(t, small.Close())
+	nums := []int{1}
+	call = small.Go("Math.SumNumbers", nums, new(int), shared)
+	assert.Equal(t, nums, <-seen)
+	assert.ErrorIs(t, call.Error, rpc.ErrShutdown)
+	close(shared)
 }

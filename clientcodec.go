@@ -141,11 +141,26 @@ func newClientCodec(cfg clientCodecConfig) *clientCodec {
 // once the request is written to the connection; the broker's confirm is
 // handled later, so a slow confirm never holds up other callers.
 //
-// A call that cannot be sent fails at once, and alone, with the error
-// WriteRequest returns (net/rpc completes the call with it as it is): a
-// method name or routing key over AMQP's limits (ErrTooLong), args that do
-// not encode, or encode larger than the limit (ErrTooLarge).
+// A call that cannot be sent fails at once, and alone: a method name or
+// routing key over AMQP's limits (ErrTooLong), args that do not encode, or
+// encode larger than the limit (ErrTooLarge). For plain net/rpc users
+// WriteRequest returns the error and net/rpc completes the call with it;
+// a call of Client's fails through attach instead, which first puts back
+// its Args (net/rpc would complete it before Go returns).
 func (c *clientCodec) WriteRequest(r *rpc.Request, body any) error {
+	err := c.writeRequest(r, body)
+	ca, ok := body.(*callArgs)
+	if err == nil || !ok {
+		return err
+	}
+	c.mu.Lock()
+	ca.info.seq, ca.info.sent = r.Seq, true
+	c.failure(r.Seq, ca.info, err) // info.call is nil: deferred to attach
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *clientCodec) writeRequest(r *rpc.Request, body any) error {
 	p := &pendingCall{seq: r.Seq, method: r.ServiceMethod}
 	args := body
 	var ttl time.Time
