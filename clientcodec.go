@@ -210,7 +210,10 @@ func (c *clientCodec) publish(p *pendingCall) error {
 	seq, key := p.seq, p.key
 	msg := c.request(key, correlationID(c.prefix, seq), p.method, p.body, p.ttl)
 	return c.pub.Publish(msg, func(o transport.Outcome) {
-		if o == transport.Returned || o == transport.Nacked {
+		switch o {
+		case transport.Acked:
+			p.acked.Store(true)
+		case transport.Returned, transport.Nacked:
 			go c.refused(p, o) // it asks the broker: not on the publisher's goroutine
 			return
 		}

@@ -1,6 +1,9 @@
 package amqprpc
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // pendingCall is a call the client codec has sent and not yet completed.
 type pendingCall struct {
@@ -14,9 +17,13 @@ type pendingCall struct {
 	ttl         time.Time // its deadline; zero: none
 
 	// heldFor is the unavailable queue the call is held for (see
-	// refused), holds how often; both protected by the codec's mu.
+	// refused), holds how often, retried whether it was published once
+	// more after a return; protected by the codec's mu. acked says that
+	// the broker took a copy of the request: the call may have run.
 	heldFor string
 	holds   int
+	retried bool
+	acked   atomic.Bool
 
 	// deadline is set for calls that nobody else watches (Go, and plain
 	// net/rpc users of NewClientCodec): the codec itself fails them when it

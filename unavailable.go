@@ -52,19 +52,32 @@ func (n names) queueFor(key string) string {
 // routed to its queues before it returns what it cannot route.
 func (c *clientCodec) refused(p *pendingCall, o transport.Outcome) {
 	queue := c.queueFor(p.key)
-	if c.fanout || queue == "" || c.lookUps == nil || !c.lookUps.unavailable(queue) {
-		c.fail(p.seq, c.outcomeError(o, p.key, ""))
-		return
+	state := queueAbsent
+	if !c.fanout && queue != "" && c.lookUps != nil {
+		state = c.lookUps.state(queue)
 	}
 	c.mu.Lock()
 	if c.pending[p.seq] != p {
 		c.mu.Unlock()
 		return // completed meanwhile: timed out, cancelled, closed
 	}
-	p.heldFor = queue
-	delay := min(heldRetryFirst<<min(p.holds, 10), heldRetryMax)
-	p.holds++
-	logIt := time.Since(c.heldLogged) >= heldLogEvery
+	var delay time.Duration
+	switch {
+	case state == queueUnavailable:
+		p.heldFor = queue
+		delay = min(heldRetryFirst<<min(p.holds, 10), heldRetryMax)
+		p.holds++
+	case state == queueReady && o == transport.Returned && !p.retried:
+		// Returned, yet there now: its node came back meanwhile. Once
+		// more; a second return is a missing binding.
+		p.retried = true
+		delay = heldRetryFirst
+	default:
+		c.mu.Unlock()
+		c.fail(p.seq, c.outcomeError(o, p.key, ""))
+		return
+	}
+	logIt := p.heldFor != "" && time.Since(c.heldLogged) >= heldLogEvery
 	if logIt {
 		c.heldLogged = time.Now()
 	}
@@ -113,10 +126,10 @@ func (e *unavailableError) Error() string {
 func (e *unavailableError) Is(target error) bool { return target == ErrQueueUnavailable }
 func (e *unavailableError) Unwrap() error        { return e.err }
 
-// endedWaiting is err, or for a call held for its queue, an
-// unavailableError.
+// endedWaiting is err, or for a call held for its queue whose request no
+// queue took (so it did not run), an unavailableError.
 func endedWaiting(p *pendingCall, err error) error {
-	if p.heldFor == "" || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+	if p.heldFor == "" || p.acked.Load() || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
 		return err
 	}
 	return &unavailableError{queue: p.heldFor, err: err}
@@ -137,25 +150,25 @@ type queueLookups struct {
 const lookupFresh = 250 * time.Millisecond
 
 type lookup struct {
-	done        chan struct{} // closed once unavailable is known
-	unavailable bool
-	at          time.Time
+	done  chan struct{} // closed once state is known
+	state queueState
+	at    time.Time
 }
 
 func newQueueLookups(conn *transport.Conn) *queueLookups {
 	return &queueLookups{conn: conn, m: make(map[string]*lookup)}
 }
 
-// unavailable reports whether queue exists but cannot be reached, or
-// whether it cannot be told because the broker did not answer (the
-// connection is down or going down).
-func (l *queueLookups) unavailable(queue string) bool {
+// state returns queue's state as lookUpQueue finds it, but
+// queueUnavailable too when the broker did not answer (the connection is
+// down or going down): the queue may well be there.
+func (l *queueLookups) state(queue string) queueState {
 	l.mu.Lock()
 	lk := l.m[queue]
 	if lk != nil && (!closed(lk.done) || time.Since(lk.at) < lookupFresh) {
 		l.mu.Unlock()
 		<-lk.done
-		return lk.unavailable
+		return lk.state
 	}
 	for q, old := range l.m { // forget the stale answers
 		if closed(old.done) && time.Since(old.at) >= lookupFresh {
@@ -167,9 +180,13 @@ func (l *queueLookups) unavailable(queue string) bool {
 	l.mu.Unlock()
 	state, err := lookUpQueue(l.conn, queue)
 	var ae *amqp.Error
-	unanswered := errors.Is(err, amqp.ErrClosed) || errors.Is(err, context.DeadlineExceeded) ||
-		errors.As(err, &ae) && ae.Code == amqp.ConnectionForced
-	lk.unavailable, lk.at = state == queueUnavailable || unanswered, time.Now()
+	if errors.Is(err, amqp.ErrClosed) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.As(err, &ae) && ae.Code == amqp.ConnectionForced {
+		state = queueUnavailable
+	} else if err != nil {
+		state = queueAbsent
+	}
+	lk.state, lk.at = state, time.Now()
 	close(lk.done)
-	return lk.unavailable
+	return state
 }
