@@ -31,6 +31,7 @@ type replyQueue struct {
 	conn   *transport.Conn
 	log    *slog.Logger
 	first  bool // no setup has run yet; only setup uses it
+	ownID  bool // the id is the user's (WithClientID), not a random one
 
 	// lost is set when the queue may have lost replies: the broker
 	// cancelled the consumer (the queue was deleted), the queue was gone
@@ -46,13 +47,14 @@ type replyQueue struct {
 	stale    []string // queues left on nodes that were down, to delete
 	sweeping bool     // sweep runs
 
-	done chan struct{} // closed by close
-	wg   sync.WaitGroup
+	done      chan struct{} // closed by close
+	closeOnce sync.Once
+	wg        sync.WaitGroup
 }
 
 func newReplyQueue(n names, id string, o *options, conn *transport.Conn) (*replyQueue, error) {
 	q := &replyQueue{names: n, id: id, expiry: o.replyExpiry, conn: conn, log: o.logger,
-		first: true, name: n.replyQueue(id), done: make(chan struct{})}
+		first: true, ownID: o.clientID != "", name: n.replyQueue(id), done: make(chan struct{})}
 	if err := transport.CheckName("reply queue name (namespace and client id)", q.name); err != nil {
 		return nil, err
 	}
@@ -82,7 +84,9 @@ func (q *replyQueue) setup(ch *amqp.Channel) error {
 		return err
 	}
 	name := q.Name()
-	if !q.first {
+	// A client id of the user's (WithClientID) may name a queue that exists
+	// already, on a node that is down; a random one cannot.
+	if !q.first || q.ownID {
 		state, err := lookUpQueue(q.conn, name)
 		if err != nil {
 			return err
@@ -178,9 +182,11 @@ func (q *replyQueue) delete(queue string) bool {
 	return err == nil
 }
 
-// close stops sweep.
+// close stops sweep and waits for it: call it after the connection is
+// closed (or, when it is shared, accept that a delete in flight on a link
+// that went silent lasts until the heartbeat notices). It is idempotent.
 func (q *replyQueue) close() error {
-	close(q.done)
+	q.closeOnce.Do(func() { close(q.done) })
 	q.wg.Wait()
 	return nil
 }

@@ -190,7 +190,8 @@ func (s *Server) Close() error {
 // Shutdown closes the server as Close does, but waits for the handlers
 // already running, and for the broker's confirms of their replies, only
 // until ctx ends, as http.Server.Shutdown does. Then it closes the
-// connections at once and returns ctx.Err(): the requests not answered
+// connections at once (unless they are shared: WithConnection) and
+// returns ctx.Err(): the requests not answered
 // go back to the queue, for another server (they may run twice), and
 // handlers still running are left to finish on their own, their replies
 // dropped. Serve and ReceiveFromQueue return by then. Otherwise it
@@ -204,6 +205,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.abandonOnce.Do(func() { close(s.abandon) })
+	// Close may be blocked on the broker (a channel close, an ack write,
+	// a queue delete on a link gone silent): closing the connections
+	// ends those at once. Shared ones (WithConnection) are not ours to
+	// close.
+	s.pub.Stop()
+	_ = s.closeConns()
 	<-closed
 	return ctx.Err()
 }

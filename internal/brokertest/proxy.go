@@ -23,6 +23,7 @@ type Proxy struct {
 	mu sync.Mutex
 	// protects everything below
 	ln        net.Listener // nil while stopped
+	gen       int          // counts listeners: a link accepted before a Stop must not outlive it
 	conns     map[net.Conn]bool
 	blackhole bool
 	latency   time.Duration // added to each chunk, each way
@@ -94,6 +95,8 @@ func (p *Proxy) Start() error {
 func (p *Proxy) serve(ln net.Listener) {
 	p.mu.Lock()
 	p.ln = ln
+	p.gen++
+	gen := p.gen
 	p.mu.Unlock()
 	go func() {
 		for {
@@ -101,20 +104,21 @@ func (p *Proxy) serve(ln net.Listener) {
 			if err != nil {
 				return
 			}
-			go p.link(c)
+			go p.link(c, gen)
 		}
 	}()
 }
 
-// link carries one client connection to the broker and back.
-func (p *Proxy) link(client net.Conn) {
+// link carries one client connection, accepted by listener gen, to the
+// broker and back.
+func (p *Proxy) link(client net.Conn, gen int) {
 	broker, err := net.Dial("tcp", p.target)
 	if err != nil {
 		_ = client.Close()
 		return
 	}
 	p.mu.Lock()
-	if p.ln == nil { // stopped meanwhile
+	if p.ln == nil || p.gen != gen { // stopped meanwhile
 		p.mu.Unlock()
 		_ = client.Close()
 		_ = broker.Close()
@@ -136,10 +140,9 @@ type chunk struct {
 	due  time.Time
 }
 
-// pipe copies from src to dst, through the faults set now, until either
-// closes; then it closes both.
+// pipe copies from src to dst, through the faults set now, until src
+// ends; the writer closes dst once it has written what was read.
 func (p *Proxy) pipe(src, dst net.Conn) {
-	defer func() { _ = src.Close(); _ = dst.Close() }()
 	out := make(chan chunk, 1024)
 	go func() { // the writer: keeps the order, waits out each delay
 		defer func() { _ = dst.Close() }()
@@ -153,6 +156,7 @@ func (p *Proxy) pipe(src, dst net.Conn) {
 		}
 	}()
 	defer close(out)
+	defer func() { _ = src.Close() }()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -167,7 +171,7 @@ func (p *Proxy) pipe(src, dst net.Conn) {
 				out <- chunk{data: append([]byte(nil), buf[:n]...), due: time.Now().Add(delay)}
 			}
 		}
-		if err != nil { // EOF, or closed by Stop or the other pipe
+		if err != nil { // EOF, or closed by Stop or the other pipe's writer
 			return
 		}
 	}
