@@ -338,29 +338,45 @@ func nodeIn(s string) int {
 // quorum queue's leader, a classic queue's home.
 func queueNode(t *testing.T, prefix string) int {
 	t.Helper()
-	for _, line := range strings.Split(clusterCtl(t, "list_queues", "-q", "--no-table-headers", "name", "leader", "pid"), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[0], prefix) {
-			if n := nodeIn(line); n != 0 {
-				return n
+	return eventuallyNode(t, "queue "+prefix, func() int {
+		for _, line := range strings.Split(clusterCtl(t, "list_queues", "-q", "--no-table-headers", "name", "leader", "pid"), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[0], prefix) {
+				if n := nodeIn(line); n != 0 {
+					return n
+				}
 			}
 		}
-	}
-	t.Fatalf("queue %s has no node", prefix)
-	return 0
+		return 0
+	})
 }
 
 // consumerNode is the node of the channel consuming the queue whose name
 // starts with prefix (a reply queue may have moved to prefix.N).
 func consumerNode(t *testing.T, prefix string) int {
 	t.Helper()
-	for _, line := range strings.Split(clusterCtl(t, "list_consumers", "-q", "--no-table-headers", "queue_name", "channel_pid"), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[0], prefix) {
-			if n := nodeIn(f[1]); n != 0 {
-				return n
+	return eventuallyNode(t, "consumer of "+prefix, func() int {
+		for _, line := range strings.Split(clusterCtl(t, "list_consumers", "-q", "--no-table-headers", "queue_name", "channel_pid"), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[0], prefix) {
+				if n := nodeIn(f[1]); n != 0 {
+					return n
+				}
 			}
 		}
+		return 0
+	})
+}
+
+// eventuallyNode returns what find finds, asking again for up to 30 s: a
+// node that just came back may not be listed at once, and a side that
+// just reconnected may not consume yet.
+func eventuallyNode(t *testing.T, what string, find func() int) int {
+	t.Helper()
+	for start := time.Now(); time.Since(start) < 30*time.Second; time.Sleep(500 * time.Millisecond) {
+		if n := find(); n != 0 {
+			return n
+		}
 	}
-	t.Fatalf("no consumer of %s", prefix)
+	t.Fatalf("no node for %s", what)
 	return 0
 }
 
