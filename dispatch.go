@@ -7,6 +7,7 @@ import (
 	"net/rpc"
 	"runtime/debug"
 	"sync"
+	"time"
 )
 
 // serve runs c's calls until ctx ends, Close, c's limit or the loss of c's
@@ -68,6 +69,19 @@ func (s *Server) handle(c *serverCodec, req *request) {
 		}
 		_ = c.respond(req, text, nil)
 	}()
+	if !req.deadline.IsZero() && !time.Now().Before(req.deadline) {
+		// Its caller has given up: running it would be work for nobody.
+		// The error reply expires with it, unsent, and it is acked.
+		_ = c.respond(req, "amqprpc: the call's deadline passed before it ran", nil)
+		return
+	}
+	if svc, m, text := s.ctxHandlers.lookup(req.d.Type); m != nil {
+		s.callCtx(c, req, svc, m)
+		return
+	} else if text != "" {
+		_ = c.respond(req, text, nil)
+		return
+	}
 	_ = s.rcvr.ServeRequest(&oneCall{c: c, req: req})
 }
 

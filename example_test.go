@@ -246,3 +246,64 @@ func ExampleClient_CallContext_errors() {
 	// true
 	// true
 }
+
+// Search's handlers take a context: it carries the caller's deadline, and
+// ends when that passes or the server closes.
+type Search struct{ stopped chan string }
+
+func (s *Search) Slow(ctx context.Context, query string, hits *[]string) error {
+	select {
+	case <-time.After(10 * time.Second):
+		*hits = append(*hits, "found "+query)
+		return nil
+	case <-ctx.Done(): // the caller gave up: stop working for nobody
+		s.stopped <- "Slow stopped: " + ctx.Err().Error()
+		return ctx.Err()
+	}
+}
+
+func (s *Search) Who(ctx context.Context, _ string, caller *string) error {
+	call, _ := amqprpc.RequestFromContext(ctx)
+	*caller = call.ServiceMethod + " called by a client with " + fmt.Sprint(time.Until(call.Deadline).Round(time.Second)) + " to spare"
+	return nil
+}
+
+// Handlers of the form func(ctx, args, reply) error, registered with
+// Server.Register, see the caller's deadline and are cancelled when it
+// passes; ordinary net/rpc methods of the same receiver work as before.
+func ExampleServer_Register() {
+	server, err := amqprpc.NewServer(brokerURL(), "example_register", rpc.NewServer())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer server.Close()
+	search := &Search{stopped: make(chan string, 1)}
+	if err := server.Register(search); err != nil {
+		log.Fatal(err)
+	}
+	go server.Serve(context.Background())
+
+	client, err := amqprpc.Dial(brokerURL(), "example_register")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	var hits []string
+	err = client.CallContext(ctx, "Search.Slow", "amqp", &hits)
+	fmt.Println("caller:", err)
+	fmt.Println(<-search.stopped)
+
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var who string
+	if err := client.CallContext(ctx, "Search.Who", "", &who); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(who)
+	// Output:
+	// caller: context deadline exceeded
+	// Slow stopped: context deadline exceeded
+	// Search.Who called by a client with 5s to spare
+}

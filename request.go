@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -21,7 +20,7 @@ type request struct {
 	d        amqp.Delivery
 	owner    *serverCodec
 	codec    codec.Codec
-	deadline time.Time   // from its expiration: its reply is worthless after it
+	deadline time.Time   // see requestDeadline: its reply is worthless after it
 	key      uint64      // in the server's dedupe; 0: none
 	bad      bool        // malformed: reject rather than ack
 	decoded  bool        // decode ran (on the handler's goroutine)
@@ -76,9 +75,7 @@ func (c *serverCodec) next() (*request, error) {
 			c.gate.RUnlock()
 			req := &request{d: d, owner: c}
 			c.acker.Take(&req.d)
-			if ms, err := strconv.ParseInt(d.Expiration, 10, 64); err == nil && ms > 0 {
-				req.deadline = time.Now().Add(time.Duration(ms) * time.Millisecond)
-			}
+			req.deadline = requestDeadline(d.Expiration, d.Timestamp, time.Now())
 			if reason := c.check(req); reason != "" {
 				c.refuse(req, reason)
 				continue

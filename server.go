@@ -18,17 +18,18 @@ import (
 // the broker shares the requests among them. Its methods are safe for
 // concurrent use.
 type Server struct {
-	rcvr       *rpc.Server
-	names      names
-	opts       *options
-	pubConn    *transport.Conn
-	subConn    *transport.Conn
-	closeConns func() error // closes pubConn and subConn, unless they are shared (WithConnection)
-	pub        *transport.Publisher
-	acker      *transport.Acker          // acks requests, gathered per burst of reply confirms
-	seen       *dedupe                   // calls answered recently, shared by all consumers
-	queue      func() string             // that Serve consumes
-	setup      func(*amqp.Channel) error // declares what Serve needs
+	rcvr        *rpc.Server
+	names       names
+	opts        *options
+	pubConn     *transport.Conn
+	subConn     *transport.Conn
+	closeConns  func() error // closes pubConn and subConn, unless they are shared (WithConnection)
+	pub         *transport.Publisher
+	acker       *transport.Acker          // acks requests, gathered per burst of reply confirms
+	seen        *dedupe                   // calls answered recently, shared by all consumers
+	queue       func() string             // that Serve consumes
+	ctxHandlers ctxServices               // Register's context-aware methods
+	setup       func(*amqp.Channel) error // declares what Serve needs
 
 	mu sync.Mutex
 	// protects closed, serving and active

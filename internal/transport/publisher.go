@@ -58,7 +58,8 @@ type Message struct {
 	Mandatory bool
 	// Deadline, if set, is when the message stops being worth sending: a
 	// message still waiting then is dropped (Expired), and the Expiration
-	// of one sent is the time left until it, computed when it is written.
+	// of one sent is the time left until it, computed when it is written,
+	// with its Timestamp set to that moment.
 	Deadline time.Time
 	amqp.Publishing
 }
@@ -401,8 +402,9 @@ func (s *session) takeBatch() (batch []*entry, probing, whole bool) {
 	return batch, probing, whole
 }
 
-// setExpiration sets e's Expiration from its Deadline, as of now, and
-// reports whether it is still worth sending; one that is not is Expired.
+// setExpiration sets e's Expiration from its Deadline, and its Timestamp,
+// as of now, and reports whether it is still worth sending; one that is
+// not is Expired.
 func (s *session) setExpiration(e *entry, now time.Time) bool {
 	if e.Deadline.IsZero() {
 		return true
@@ -415,6 +417,7 @@ func (s *session) setExpiration(e *entry, now time.Time) bool {
 		return false
 	}
 	e.Expiration = strconv.FormatInt(min(left, MaxExpiry), 10)
+	e.Timestamp = now // with Expiration, the receiver can tell how long it waited
 	return true
 }
 
