@@ -302,6 +302,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 	s := &Server{rcvr: rcvr, names: n, opts: o, pubConn: pubConn, subConn: subConn, closeConns: closeConns, active: make(map[*serverCodec]bool)}
 	s.closing, s.stopClosing = context.WithCancel(context.Background())
 	s.abandon = make(chan struct{})
+	s.handlers, s.stopHandlers = context.WithCancel(context.Background())
 	s.seen = newDedupe(o.dedupe, o.replyCache)
 	s.queue = func() string { return n.requestQueue }
 	s.setup = n.requestSide(subConn)

@@ -248,7 +248,7 @@ func ExampleClient_CallContext_errors() {
 }
 
 // Search's handlers take a context: it carries the caller's deadline, and
-// ends when that passes or the server closes.
+// ends when that passes (or when Server.Shutdown stops waiting).
 type Search struct{ stopped chan string }
 
 func (s *Search) Slow(ctx context.Context, query string, hits *[]string) error {

@@ -26,7 +26,8 @@ import (
 // its AMQP expiration, and no later than its publish timestamp (whole
 // seconds, so plus one) plus its expiration, so that time spent waiting in
 // the queue counts (with the clocks of client and server in step). ctx is
-// also cancelled when the server closes. RequestFromContext gives the
+// also cancelled when Shutdown's context ends before the handler does
+// (Close waits for handlers, as net/rpc's do). RequestFromContext gives the
 // call's details. A request whose deadline has passed when a server takes
 // it is not run, whatever its kind: it is acked without a reply, since its
 // caller has stopped waiting.
@@ -224,10 +225,11 @@ func RequestFromContext(ctx context.Context) (Request, bool) {
 }
 
 // callContext is the context of req's handler: cancelled at its deadline
-// and when the server closes, carrying the call's details.
+// and when Shutdown stops waiting for handlers, carrying the call's
+// details. Close does not cancel it: Close waits for handlers to finish.
 func (s *Server) callContext(req *request) (context.Context, context.CancelFunc) {
 	d := &req.d
-	ctx := context.WithValue(s.closing, requestKey{}, Request{
+	ctx := context.WithValue(s.handlers, requestKey{}, Request{
 		ServiceMethod: d.Type, ClientID: d.ReplyTo, CorrelationID: d.CorrelationId,
 		RoutingKey: d.RoutingKey, Redelivered: d.Redelivered, Deadline: req.deadline,
 	})

@@ -106,6 +106,23 @@ func TestContextAwareHandlers(t *testing.T) {
 	require.NoError(t, c.Call("Clock.Plain", "x", &plain))
 	assert.Equal(t, "plain x", plain)
 
+	// Shutdown, once its own context ends, cancels the handlers still
+	// running.
+	waiting := c.Go("Clock.Wait", "", new(string), nil) // the default 60 s timeout
+	time.Sleep(200 * time.Millisecond)                  // taken by the server
+	defer func() {
+		shutdown, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		assert.ErrorIs(t, s.Shutdown(shutdown), context.DeadlineExceeded)
+		select {
+		case err := <-clock.waited:
+			assert.ErrorIs(t, err, context.Canceled)
+		case <-time.After(5 * time.Second):
+			t.Error("Shutdown did not cancel the handler's context")
+		}
+		_ = waiting
+	}()
+
 	err = c.Call("Clock.Nope", "", new(string))
 	assert.Equal(t, rpc.ServerError("rpc: can't find method Clock.Nope"), err)
 	err = c.Call("Clock.Sum", "not a pair", &sum)

@@ -38,12 +38,14 @@ type Server struct {
 	active  map[*serverCodec]bool // the codecs of running Serve and ReceiveFromQueue calls
 	running sync.WaitGroup        // running Serve and ReceiveFromQueue calls
 
-	closing     context.Context    // ends with Close
-	stopClosing context.CancelFunc // ends closing
-	abandon     chan struct{}      // closed when Shutdown stops waiting
-	abandonOnce sync.Once
-	closeOnce   sync.Once
-	closeErr    error
+	closing      context.Context    // ends with Close
+	stopClosing  context.CancelFunc // ends closing
+	abandon      chan struct{}      // closed when Shutdown stops waiting
+	abandonOnce  sync.Once
+	handlers     context.Context    // parent of context-aware handlers' contexts
+	stopHandlers context.CancelFunc // cancels them: Shutdown stopped waiting
+	closeOnce    sync.Once
+	closeErr     error
 }
 
 func (s *Server) declare() error {
@@ -195,8 +197,9 @@ func (s *Server) Close() error {
 // returns ctx.Err(): the requests not answered
 // go back to the queue, for another server (they may run twice), and
 // handlers still running are left to finish on their own, their replies
-// dropped. Serve and ReceiveFromQueue return by then. Otherwise it
-// returns Close's result. Close after Shutdown returns nil.
+// dropped (context-aware handlers see their context cancelled). Serve and
+// ReceiveFromQueue return by then. Otherwise it returns Close's result.
+// Close after Shutdown returns nil.
 func (s *Server) Shutdown(ctx context.Context) error {
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
@@ -206,6 +209,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	s.abandonOnce.Do(func() { close(s.abandon) })
+	s.stopHandlers() // context-aware handlers still running are told
 	// Close may be blocked on the broker (a channel close, an ack write,
 	// a queue delete on a link gone silent): closing the connections
 	// ends those at once. Shared ones (WithConnection) are not ours to
