@@ -6,8 +6,8 @@ package amqprpc
 // scripts/cluster.sh starts: make test-cluster, which CI runs. They stop
 // one node at a time, for 20 s, under 16 callers: the node holding the
 // request queue (a quorum queue's leader, a classic queue's home), then
-// the server's node, then the client's, and report for each what the
-// callers saw: calls answered and failed, handlers run twice, and the
+// the server's node, then the client's (and, with quorum queues, kill the
+// server's node with SIGKILL), and report for each what the callers saw: calls answered and failed, handlers run twice, and the
 // longest time without a successful call. The same figures are in the
 // README's "Running on a cluster".
 
@@ -41,9 +41,10 @@ const (
 )
 
 // A quorum request queue, and every node's URL on both sides: no call may
-// fail, whichever node stops.
+// fail, whichever node stops, and when the server's node crashes
+// (SIGKILL) too.
 func TestClusterQuorumSeveralURLs(t *testing.T) {
-	r := runClusterStops(t, QuorumQueue, false)
+	r := runClusterStops(t, QuorumQueue, false, "queue", "server", "client", "server killed")
 	for _, s := range r {
 		assert.Zero(t, s.failed, "stage %s: calls failed: %v", s.name, s.errs)
 	}
@@ -54,7 +55,7 @@ func TestClusterQuorumSeveralURLs(t *testing.T) {
 // ErrQueueUnavailable, never ErrNoRoute (checked by runClusterStops). The
 // other stops cost nothing.
 func TestClusterClassicSeveralURLs(t *testing.T) {
-	r := runClusterStops(t, ClassicQueue, false)
+	r := runClusterStops(t, ClassicQueue, false, "queue", "server", "client")
 	for _, s := range r[1:] {
 		assert.Zero(t, s.failed, "stage %s: calls failed: %v", s.name, s.errs)
 	}
@@ -63,7 +64,7 @@ func TestClusterClassicSeveralURLs(t *testing.T) {
 // With one URL each, a side whose node stops waits for that node: calls
 // wait, and fail only with their deadline.
 func TestClusterQuorumOneURL(t *testing.T) {
-	r := runClusterStops(t, QuorumQueue, true)
+	r := runClusterStops(t, QuorumQueue, true, "queue", "server", "client")
 	assert.Zero(t, r[0].failed, "stage %s: calls failed: %v", r[0].name, r[0].errs)
 }
 
@@ -114,6 +115,7 @@ func TestClusterFanoutServerQueueMoves(t *testing.T) {
 // started again.
 type clusterStage struct {
 	name   string // whose node was stopped
+	killed bool   // with SIGKILL, not rabbitmqctl stop
 	node   int
 	shared string // the other roles on that node
 	ok     atomic.Int64
@@ -174,9 +176,10 @@ func (l *clusterLoad) call(c *Client, g, j int) error {
 }
 
 // runClusterStops serves Ledger on a cluster namespace with request
-// queues of type qt, calls it from 16 callers, stops each role's node in
-// turn, and returns the stages.
-func runClusterStops(t *testing.T, qt QueueType, oneURL bool) []*clusterStage {
+// queues of type qt, calls it from 16 callers, stops the node of each of
+// roles in turn ("queue", "server", "client"; "server killed" kills it
+// with SIGKILL instead), and returns the stages.
+func runClusterStops(t *testing.T, qt QueueType, oneURL bool, roles ...string) []*clusterStage {
 	brokertest.Need(t)
 	urls := strings.Split(strings.TrimSpace(clusterSh(t, "start", "urls")), ",")
 	require.Len(t, urls, 3)
@@ -209,13 +212,14 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool) []*clusterStage {
 
 	requestQueue, replyQueue := "rpc_"+ns+"_request", "rpc_"+ns+"_"+c.ID()+"_response"
 	var stages []*clusterStage
-	for _, role := range []string{"queue", "server", "client"} {
+	for _, stage := range roles {
+		role, killed := strings.CutSuffix(stage, " killed")
 		nodes := map[string]int{
 			"queue":  queueNode(t, requestQueue),
 			"server": consumerNode(t, requestQueue),
 			"client": consumerNode(t, replyQueue),
 		}
-		s := &clusterStage{name: role, node: nodes[role], errs: map[string]int{}}
+		s := &clusterStage{name: role, killed: killed, node: nodes[role], errs: map[string]int{}}
 		var shared []string
 		for _, other := range []string{"queue", "server", "client"} {
 			if other != role && nodes[other] == s.node {
@@ -231,7 +235,11 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool) []*clusterStage {
 		load.stage.Store(s)
 		load.mu.Unlock()
 		stopped := time.Now()
-		clusterSh(t, fmt.Sprint("stop-node ", s.node))
+		if killed {
+			clusterSh(t, fmt.Sprint("kill-node ", s.node))
+		} else {
+			clusterSh(t, fmt.Sprint("stop-node ", s.node))
+		}
 		time.Sleep(clusterOutage - time.Since(stopped))
 		clusterSh(t, fmt.Sprint("start-node ", s.node))
 		back := time.Now()
@@ -278,8 +286,12 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool) []*clusterStage {
 		if s.shared != "" {
 			on = " (with the " + s.shared + ")"
 		}
-		t.Logf("cluster %s %s: stopped the %s's node %d%s for %v: %d calls answered, %d failed %v, %d handlers ran twice, longest gap %.1f s",
-			qt, map[bool]string{true: "one URL", false: "3 URLs"}[oneURL], s.name, s.node, on, clusterOutage,
+		how := "stopped"
+		if s.killed {
+			how = "killed (SIGKILL)"
+		}
+		t.Logf("cluster %s %s: %s the %s's node %d%s for %v: %d calls answered, %d failed %v, %d handlers ran twice, longest gap %.1f s",
+			qt, map[bool]string{true: "one URL", false: "3 URLs"}[oneURL], how, s.name, s.node, on, clusterOutage,
 			s.ok.Load(), s.failed, s.errs, s.twice, s.gap.Seconds())
 		// Whatever the queue type: never the misleading ErrNoRoute, never
 		// a failure of another kind, and handlers run twice only for
