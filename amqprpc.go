@@ -227,18 +227,11 @@ import (
 // broker that blocks publishers cannot stop replies from arriving. Dial
 // blocks until the topology is declared. Close releases everything.
 func Dial(url, namespace string, opts ...Option) (*Client, error) {
-	o, err := newOptions(opts)
+	o, n, err := prepare(namespace, opts)
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace, o)
-	if err != nil {
-		return nil, err
-	}
-	id := o.clientID
-	if id == "" {
-		id = randomHex(8)
-	}
+	id := o.id()
 	pubConn, subConn, closeConns, err := connections(url, o, "amqprpc client "+id)
 	if err != nil {
 		return nil, err
@@ -284,11 +277,7 @@ func connections(url string, o *options, name string) (pub, sub *transport.Conn,
 // just works. Call Serve to start handling requests and Close to release
 // the server's connections.
 func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server, error) {
-	o, err := newOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	n, err := newNames(namespace, o)
+	o, n, err := prepare(namespace, opts)
 	if err != nil {
 		return nil, err
 	}

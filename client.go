@@ -38,18 +38,11 @@ type Client struct {
 // Prefer Dial: with a plain rpc.Client a reply body that does not decode
 // into the reply value shuts the client down, as with any net/rpc codec.
 func NewClientCodec(conn *amqp.Connection, namespace string, opts ...Option) (rpc.ClientCodec, error) {
-	o, err := newOptions(opts)
+	o, n, err := prepare(namespace, opts)
 	if err != nil {
 		return nil, err
 	}
-	n, err := newNames(namespace, o)
-	if err != nil {
-		return nil, err
-	}
-	id := o.clientID
-	if id == "" {
-		id = randomHex(8)
-	}
+	id := o.id()
 	tc := transport.Wrap(conn, o.logger)
 	cc, err := newClientCodecOn(tc, tc, n, id, o, tc.Close)
 	if err != nil {

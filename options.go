@@ -49,6 +49,25 @@ const (
 	DefaultDeliveryLimit = 20
 )
 
+// prepare reads opts and names namespace's broker objects: the preamble of
+// every constructor.
+func prepare(namespace string, opts []Option) (*options, names, error) {
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, names{}, err
+	}
+	n, err := newNames(namespace, o)
+	return o, n, err
+}
+
+// id is the client id: WithClientID's, or a new random one.
+func (o *options) id() string {
+	if o.clientID != "" {
+		return o.clientID
+	}
+	return randomHex(8)
+}
+
 func newOptions(opts []Option) (*options, error) {
 	o := &options{
 		codec:         codec.MsgPack,

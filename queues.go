@@ -135,12 +135,9 @@ func (c *Client) onChannel(ctx context.Context, f func(*amqp.Channel) error) err
 	if c.codec.isClosed() {
 		return rpc.ErrShutdown
 	}
-	ch, err := c.conn.Channel(ctx)
+	err := onChannel(ctx, c.conn, f)
 	if errors.Is(err, transport.ErrClosed) {
 		return rpc.ErrShutdown
 	}
-	if err != nil {
-		return err
-	}
-	return errors.Join(f(ch), closeChannel(ch))
+	return err
 }

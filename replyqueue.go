@@ -170,12 +170,10 @@ func (q *replyQueue) sweep() {
 func (q *replyQueue) delete(queue string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), sweepEvery)
 	defer cancel()
-	ch, err := q.conn.Channel(ctx)
-	if err != nil {
-		return false
-	}
-	defer func() { _ = ch.Close() }() // fails if the broker closed it
-	_, err = ch.QueueDelete(queue, false, false, false)
+	err := onChannel(ctx, q.conn, func(ch *amqp.Channel) error {
+		_, err := ch.QueueDelete(queue, false, false, false)
+		return err
+	})
 	if err == nil {
 		q.log.Info("amqprpc: deleted the reply queue left on a node that was down", "queue", queue)
 	}

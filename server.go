@@ -49,11 +49,7 @@ type Server struct {
 }
 
 func (s *Server) declare() error {
-	ch, err := s.subConn.Channel(context.Background())
-	if err != nil {
-		return err
-	}
-	return errors.Join(s.setup(ch), closeChannel(ch))
+	return onChannel(context.Background(), s.subConn, s.setup)
 }
 
 // Serve handles requests until ctx is done or Close is called, then stops
@@ -239,12 +235,10 @@ func ackBurst(a *transport.Acker, conn *transport.Conn) func() (end func()) {
 func (s *Server) deleteQueue() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	ch, err := s.subConn.Channel(ctx)
-	if err != nil {
-		return
-	}
-	_, _ = ch.QueueDelete(s.queue(), false, false, false)
-	_ = closeChannel(ch)
+	_ = onChannel(ctx, s.subConn, func(ch *amqp.Channel) error {
+		_, err := ch.QueueDelete(s.queue(), false, false, false)
+		return err
+	})
 }
 
 // fanoutQueue is a fanout server's own queue, rpc_<ns>_fanout_<id>, which
@@ -300,11 +294,7 @@ func (q *fanoutQueue) setup(ch *amqp.Channel) error {
 // one goroutine, a body read into nil is discarded, and writes are
 // serialised by net/rpc. Malformed requests are refused inside the codec.
 func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rpc.ServerCodec, error) {
-	o, err := newOptions(opts)
-	if err != nil {
-		return nil, err
-	}
-	n, err := newNames(namespace, o)
+	o, n, err := prepare(namespace, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -329,6 +319,17 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 
 // closeChannel closes ch; a channel already closed (with its connection) is
 // not an error.
+// onChannel runs f on a channel of its own on conn, opened within ctx, and
+// closes it: for declarations, look-ups and deletions, whose failure (a
+// passive declare of a missing queue, say) closes the channel.
+func onChannel(ctx context.Context, conn *transport.Conn, f func(*amqp.Channel) error) error {
+	ch, err := conn.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	return errors.Join(f(ch), closeChannel(ch))
+}
+
 func closeChannel(ch *amqp.Channel) error {
 	if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 		return err

@@ -132,12 +132,15 @@ const (
 func lookUpQueue(conn *transport.Conn, queue string) (queueState, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ch, err := conn.Channel(ctx)
+	var declared error // the broker's answer
+	err := onChannel(ctx, conn, func(ch *amqp.Channel) error {
+		_, declared = ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		return nil
+	})
 	if err != nil {
 		return 0, err
 	}
-	defer func() { _ = ch.Close() }() // fails if the broker closed it
-	_, err = ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	err = declared
 	switch {
 	case err == nil:
 		return queueReady, nil

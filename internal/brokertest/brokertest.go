@@ -83,21 +83,14 @@ func deleteExampleObjects() {
 	if len(queues)+len(exchanges) == 0 {
 		return
 	}
-	conn, err := amqp.Dial(URL())
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	for _, q := range queues {
-		_, _ = ch.QueueDelete(q, false, false, false)
-	}
-	for _, x := range exchanges {
-		_ = ch.ExchangeDelete(x, false, false)
-	}
+	onChannel(URL(), func(ch *amqp.Channel) {
+		for _, q := range queues {
+			_, _ = ch.QueueDelete(q, false, false, false)
+		}
+		for _, x := range exchanges {
+			_ = ch.ExchangeDelete(x, false, false)
+		}
+	})
 }
 
 // ctlCommand is the rabbitmqctl command line with args: see Rabbitmqctl.
@@ -130,21 +123,31 @@ func Namespace(t testing.TB) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	ns := "test_" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		conn, err := amqp.Dial(URL())
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return
-		}
+	t.Cleanup(func() { DeleteNamespace(URL(), ns) })
+	return ns
+}
+
+// DeleteNamespace deletes ns's main request queue and its exchanges from
+// the broker at url, best effort.
+func DeleteNamespace(url, ns string) {
+	onChannel(url, func(ch *amqp.Channel) {
 		_, _ = ch.QueueDelete("rpc_"+ns+"_request", false, false, false)
 		_ = ch.ExchangeDelete("rpc_"+ns+"_request", false, false)
 		_ = ch.ExchangeDelete("rpc_"+ns+"_response", false, false)
 	})
-	return ns
+}
+
+// onChannel runs f on a channel of a connection of its own to url, if
+// one opens.
+func onChannel(url string, f func(*amqp.Channel)) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if ch, err := conn.Channel(); err == nil {
+		f(ch)
+	}
 }
 
 // Channel is a plain amqp091-go channel for looking at and forging
