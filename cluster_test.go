@@ -27,7 +27,6 @@ import (
 
 	"github.com/amqprpc/amqprpc/internal/brokertest"
 
-	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -42,20 +41,25 @@ const (
 
 // A quorum request queue, and every node's URL on both sides: no call may
 // fail, whichever node stops, and when the server's node crashes
-// (SIGKILL) too.
+// (SIGKILL) too; not even one with a 5 s deadline made during the outage.
 func TestClusterQuorumSeveralURLs(t *testing.T) {
 	r := runClusterStops(t, QuorumQueue, false, "queue", "server", "client", "server killed")
 	for _, s := range r {
 		assert.Zero(t, s.failed, "stage %s: calls failed: %v", s.name, s.errs)
+		assert.NoError(t, s.probe, "stage %s: the probe", s.name)
 	}
 }
 
 // A classic request queue lives on one node: while it is down its calls
 // wait, and those whose deadline comes first fail with
-// ErrQueueUnavailable, never ErrNoRoute (checked by runClusterStops). The
-// other stops cost nothing.
+// ErrQueueUnavailable, never ErrNoRoute (checked by runClusterStops; the
+// probe, a call with a 5 s deadline made while the node is down, shows
+// it). The other stops cost nothing.
 func TestClusterClassicSeveralURLs(t *testing.T) {
 	r := runClusterStops(t, ClassicQueue, false, "queue", "server", "client")
+	require.ErrorIs(t, r[0].probe, ErrQueueUnavailable)
+	require.ErrorIs(t, r[0].probe, context.DeadlineExceeded)
+	t.Logf("the probe during the classic queue's outage: %v", r[0].probe)
 	for _, s := range r[1:] {
 		assert.Zero(t, s.failed, "stage %s: calls failed: %v", s.name, s.errs)
 	}
@@ -77,7 +81,7 @@ func TestClusterFanoutServerQueueMoves(t *testing.T) {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	ns := "cluster_" + hex.EncodeToString(b)
-	t.Cleanup(func() { deleteClusterNamespace(strings.Split(urls, ","), ns) })
+	t.Cleanup(func() { brokertest.DeleteNamespace(strings.Split(urls, ",")[0], ns) })
 	fanout := link.Fanout().(Option)
 	srv, err := NewServer(urls, ns, newRPCServer(t, new(Echo)), fanout)
 	require.NoError(t, err)
@@ -116,6 +120,7 @@ func TestClusterFanoutServerQueueMoves(t *testing.T) {
 type clusterStage struct {
 	name   string // whose node was stopped
 	killed bool   // with SIGKILL, not rabbitmqctl stop
+	probe  error  // of a call with a 5 s deadline made while the node was down
 	node   int
 	shared string // the other roles on that node
 	ok     atomic.Int64
@@ -190,10 +195,10 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool, roles ...string) [
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	ns := "cluster_" + hex.EncodeToString(b)
-	t.Cleanup(func() { deleteClusterNamespace(urls, ns) })
+	t.Cleanup(func() { brokertest.DeleteNamespace(urls[0], ns) })
 
 	ledger := new(Ledger)
-	srv, err := NewServer(serverURL, ns, newRPCServer(t, ledger), WithQueueType(qt))
+	srv, err := NewServer(serverURL, ns, newRPCServer(t, ledger, new(Echo)), WithQueueType(qt))
 	require.NoError(t, err)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(context.Background()) }()
@@ -240,6 +245,9 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool, roles ...string) [
 		} else {
 			clusterSh(t, fmt.Sprint("stop-node ", s.node))
 		}
+		probe, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s.probe = c.CallContext(probe, "Echo.Say", "probe", new(string))
+		cancel()
 		time.Sleep(clusterOutage - time.Since(stopped))
 		clusterSh(t, fmt.Sprint("start-node ", s.node))
 		back := time.Now()
@@ -390,20 +398,4 @@ func eventuallyNode(t *testing.T, what string, find func() int) int {
 	}
 	t.Fatalf("no node for %s", what)
 	return 0
-}
-
-// deleteClusterNamespace deletes ns's request queue and exchanges.
-func deleteClusterNamespace(urls []string, ns string) {
-	conn, err := amqp.Dial(urls[0])
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	_, _ = ch.QueueDelete("rpc_"+ns+"_request", false, false, false)
-	_ = ch.ExchangeDelete("rpc_"+ns+"_request", false, false)
-	_ = ch.ExchangeDelete("rpc_"+ns+"_response", false, false)
 }
