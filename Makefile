@@ -10,8 +10,8 @@
 #              deprecated feature denied; rabbitmqctl reaches that node only.
 # make test-cluster — start a local 3-node cluster (scripts/cluster.sh) and
 #              run the cluster tests: each node stopped for 20 s under load,
-#              and one killed; quorum and classic request queues, a fanout
-#              server (about 8 minutes).
+#              quorum and classic request queues, a fanout server (about
+#              7 minutes).
 
 AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export AMQP_URL

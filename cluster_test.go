@@ -6,8 +6,8 @@ package amqprpc
 // scripts/cluster.sh starts: make test-cluster, which CI runs. They stop
 // one node at a time, for 20 s, under 16 callers: the node holding the
 // request queue (a quorum queue's leader, a classic queue's home), then
-// the server's node, then the client's (and, with quorum queues, kill the
-// server's node with SIGKILL), and report for each what the callers saw: calls answered and failed, handlers run twice, and the
+// the server's node, then the client's, and report for each what the
+// callers saw: calls answered and failed, handlers run twice, and the
 // longest time without a successful call. The same figures are in the
 // README's "Running on a cluster".
 
@@ -40,10 +40,10 @@ const (
 )
 
 // A quorum request queue, and every node's URL on both sides: no call may
-// fail, whichever node stops, and when the server's node crashes
-// (SIGKILL) too; not even one with a 5 s deadline made during the outage.
+// fail, whichever node stops; not even one with a 5 s deadline made
+// during the outage.
 func TestClusterQuorumSeveralURLs(t *testing.T) {
-	r := runClusterStops(t, QuorumQueue, false, "queue", "server", "client", "server killed")
+	r := runClusterStops(t, QuorumQueue, false, "queue", "server", "client")
 	for _, s := range r {
 		assert.Zero(t, s.failed, "stage %s: calls failed: %v", s.name, s.errs)
 		assert.NoError(t, s.probe, "stage %s: the probe", s.name)
@@ -119,7 +119,6 @@ func TestClusterFanoutServerQueueMoves(t *testing.T) {
 // started again.
 type clusterStage struct {
 	name   string // whose node was stopped
-	killed bool   // with SIGKILL, not rabbitmqctl stop
 	probe  error  // of a call with a 5 s deadline made while the node was down
 	node   int
 	shared string // the other roles on that node
@@ -182,8 +181,7 @@ func (l *clusterLoad) call(c *Client, g, j int) error {
 
 // runClusterStops serves Ledger on a cluster namespace with request
 // queues of type qt, calls it from 16 callers, stops the node of each of
-// roles in turn ("queue", "server", "client"; "server killed" kills it
-// with SIGKILL instead), and returns the stages.
+// roles in turn ("queue", "server", "client"), and returns the stages.
 func runClusterStops(t *testing.T, qt QueueType, oneURL bool, roles ...string) []*clusterStage {
 	brokertest.Need(t)
 	urls := strings.Split(strings.TrimSpace(clusterSh(t, "start", "urls")), ",")
@@ -217,14 +215,13 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool, roles ...string) [
 
 	requestQueue, replyQueue := "rpc_"+ns+"_request", "rpc_"+ns+"_"+c.ID()+"_response"
 	var stages []*clusterStage
-	for _, stage := range roles {
-		role, killed := strings.CutSuffix(stage, " killed")
+	for _, role := range roles {
 		nodes := map[string]int{
 			"queue":  queueNode(t, requestQueue),
 			"server": consumerNode(t, requestQueue),
 			"client": consumerNode(t, replyQueue),
 		}
-		s := &clusterStage{name: role, killed: killed, node: nodes[role], errs: map[string]int{}}
+		s := &clusterStage{name: role, node: nodes[role], errs: map[string]int{}}
 		var shared []string
 		for _, other := range []string{"queue", "server", "client"} {
 			if other != role && nodes[other] == s.node {
@@ -240,11 +237,7 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool, roles ...string) [
 		load.stage.Store(s)
 		load.mu.Unlock()
 		stopped := time.Now()
-		if killed {
-			clusterSh(t, fmt.Sprint("kill-node ", s.node))
-		} else {
-			clusterSh(t, fmt.Sprint("stop-node ", s.node))
-		}
+		clusterSh(t, fmt.Sprint("stop-node ", s.node))
 		probe, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		s.probe = c.CallContext(probe, "Echo.Say", "probe", new(string))
 		cancel()
@@ -294,12 +287,8 @@ func runClusterStops(t *testing.T, qt QueueType, oneURL bool, roles ...string) [
 		if s.shared != "" {
 			on = " (with the " + s.shared + ")"
 		}
-		how := "stopped"
-		if s.killed {
-			how = "killed (SIGKILL)"
-		}
-		t.Logf("cluster %s %s: %s the %s's node %d%s for %v: %d calls answered, %d failed %v, %d handlers ran twice, longest gap %.1f s",
-			qt, map[bool]string{true: "one URL", false: "3 URLs"}[oneURL], how, s.name, s.node, on, clusterOutage,
+		t.Logf("cluster %s %s: stopped the %s's node %d%s for %v: %d calls answered, %d failed %v, %d handlers ran twice, longest gap %.1f s",
+			qt, map[bool]string{true: "one URL", false: "3 URLs"}[oneURL], s.name, s.node, on, clusterOutage,
 			s.ok.Load(), s.failed, s.errs, s.twice, s.gap.Seconds())
 		// Whatever the queue type: never the misleading ErrNoRoute, never
 		// a failure of another kind, and handlers run twice only for
