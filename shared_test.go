@@ -33,8 +33,10 @@ func TestSharedConnection(t *testing.T) {
 	const n = 50
 	clients := make([]*Client, n)
 	ledgers := make([]*Ledger, n)
+	base := brokertest.Namespace(t)
 	for i := range n {
-		ns := fmt.Sprintf("%s_%d", brokertest.Namespace(t), i)
+		ns := fmt.Sprintf("%s_%d", base, i)
+		t.Cleanup(func() { brokertest.DeleteNamespace(brokertest.URL(), ns) })
 		ledgers[i] = new(Ledger)
 		s, err := NewServer("", ns, newRPCServer(t, ledgers[i]), WithConnection(conn))
 		require.NoError(t, err)

@@ -64,8 +64,22 @@ fi
 export PATH=$PATH:/usr/sbin:/usr/lib/rabbitmq/bin
 
 # The Debian package may have started the broker already (systemd hosts): only start it if not.
+# Started by hand, the broker gets 1024 open files: Debian's wrapper switches to the rabbitmq
+# user with su, whose PAM session resets the limit. RabbitMQ 3.10 then stalls at boot when it
+# has more durable queues to recover than file handles ("Recovering N queues, available file
+# handles: M"). Debian's service unit sets LimitNOFILE=65536; we raise the limit as far as this
+# machine allows and switch user with setpriv, which keeps it.
+start_broker() {
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  if command -v setpriv >/dev/null && id rabbitmq >/dev/null 2>&1; then
+    cd /var/lib/rabbitmq &&
+      exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+        env HOME=/var/lib/rabbitmq rabbitmq-server -detached
+  fi
+  exec rabbitmq-server -detached
+}
 if ! reachable; then
-  "${sudo_cmd[@]}" rabbitmq-server -detached >/dev/null 2>&1 || true
+  "${sudo_cmd[@]}" bash -c "$(declare -f start_broker); start_broker" >/dev/null 2>&1 || true
 fi
 if ! wait_ready; then
   echo "broker.sh: rabbitmq-server did not come up on $host:$port within 120 s; see /var/log/rabbitmq/." >&2

@@ -109,7 +109,8 @@ launch() {
   port_taken $(($(port "$n") + 20000)) && die "distribution port $(($(port "$n") + 20000)) is taken: set CLUSTER_BASE_PORT"
   node_env "$n"
   # setsid: the node outlives this script and ignores its terminal's signals; 9>&-: not our lock.
-  (cd "$d" && exec setsid "${envv[@]}" "$bin/rabbitmq-server" </dev/null >>"$d/log/startup.log" 2>&1 9>&-) &
+  # ulimit: as Debian's service unit (LimitNOFILE=65536); see scripts/broker.sh.
+  (cd "$d" && { ulimit -n 65536 2>/dev/null || true; } && exec setsid "${envv[@]}" "$bin/rabbitmq-server" </dev/null >>"$d/log/startup.log" 2>&1 9>&-) &
   launched=$!
 }
 
