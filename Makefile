@@ -1,4 +1,6 @@
-# make test  — bring up a broker and run the whole suite with -race, vet and gofmt.
+# make test  — bring up a broker and run the whole suite with -race, vet and gofmt;
+#              oteltest/ (a module of its own, so that the OpenTelemetry
+#              SDK stays out of amqprpc's go.mod) checks traces and metrics.
 # make demo  — bring up a broker and run the tutorial: two servers and a client.
 # make bench — bring up a broker and print the comparison table (amqprpc vs
 #              hand-written amqp091-go, plain and with amqprpc's broker
@@ -14,6 +16,9 @@
 #              7 minutes).
 
 AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
+# Modules of their own beside the library's, so that what only they need
+# (the OpenTelemetry SDK) stays out of amqprpc's go.mod.
+MODULES = bench oteltest
 export AMQP_URL
 GO ?= go
 
@@ -34,12 +39,14 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags cluster .
+	for m in $(MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
 
 # -p 1: the fault tests restart the broker and cut every connection, which
 # must not hit another package's tests running at the same time.
 test: broker lint
 	@bash scripts/interop.sh
 	AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
+	for m in $(MODULES); do (cd $$m && AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 5m ./...) || exit 1; done
 	@$(MAKE) --no-print-directory fuzz
 
 # The 4.3 node listens on 5673 beside the 3.10 one and stays up for the next
@@ -49,6 +56,8 @@ test-4x: lint
 	@bash scripts/rabbitmq4.sh start
 	AMQP_URL=$$(bash scripts/rabbitmq4.sh url) AMQPRPC_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
 	  AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
+	for m in $(MODULES); do (cd $$m && AMQP_URL=$$(bash ../scripts/rabbitmq4.sh url) AMQPRPC_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
+	  AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 5m ./...) || exit 1; done
 
 # The cluster tests are behind the build tag "cluster": the other test runs
 # neither build nor skip them. The nodes stay up for the next run
@@ -65,7 +74,7 @@ fuzz:
 	done
 
 bench: broker
-	$(GO) run ./bench/cmd/amqprpc-bench $(BENCHFLAGS)
+	cd bench && $(GO) run ./cmd/amqprpc-bench $(BENCHFLAGS)
 
 demo: broker
 	@mkdir -p bin

@@ -154,6 +154,19 @@
 // client fail with [rpc.ErrShutdown]. Broker errors are wrapped, so errors.As(err,
 // new(*amqp.Error)) works.
 //
+// # Observability
+//
+// Clients and servers trace and measure every call with OpenTelemetry,
+// through the global providers unless [WithTracerProvider],
+// [WithMeterProvider] and [WithPropagator] give others: a client span per
+// call, whose context travels in the request's AMQP headers (W3C
+// traceparent with propagation.TraceContext), a server span per request
+// as its child, held by a context-aware handler's ctx, and the RPC
+// metrics rpc.client.duration and rpc.server.duration (ms) with body
+// sizes and amqprpc's own counters. Names follow the OpenTelemetry
+// semantic conventions v1.37.0; the README's "Observability" lists them.
+// Without providers set, all of it is a no-op.
+//
 // # Shutdown and connections
 //
 // [Server.Close] (or the end of Serve's context) stops taking requests,
@@ -308,5 +321,7 @@ func NewServer(url, namespace string, rcvr *rpc.Server, opts ...Option) (*Server
 		_ = s.closeConns()
 		return nil, err
 	}
+	s.tel = newTelemetry(o, true)
+	s.unobserve = s.tel.observe("server "+randomHex(8), s.pub.Len, reconnects(pubConn, subConn), nil)
 	return s, nil
 }

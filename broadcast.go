@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 
 	"github.com/amqprpc/amqprpc/internal/link"
 	"github.com/amqprpc/amqprpc/internal/transport"
@@ -66,7 +67,7 @@ func (g *gather) take() ([]amqp.Delivery, error) {
 // (want <= 0: until ctx ends) or ctx ends. Without deadline in ctx the
 // default call timeout bounds it. It returns ctx.Err() only when nothing
 // arrived.
-func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, newReply func() any, want int) ([]link.Result, error) {
+func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, newReply func() any, want int) (results []link.Result, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -77,6 +78,10 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 	}
 	deadline, _ := ctx.Deadline()
 	cc := c.codec
+	// One span for the broadcast, with an event per reply; it fails only
+	// when no reply came.
+	cs := cc.tel.startCall(ctx, serviceMethod)
+	defer func() { cc.tel.end(&cs, serviceMethod, err, errorTypeOf(err), -1) }()
 	_, inner := cc.routes.route(serviceMethod, args)
 	data, err := cc.codec.Marshal(inner)
 	if err != nil {
@@ -98,7 +103,22 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 	}()
 
 	id := correlationID(cc.gatherPrefix, seq)
-	err = cc.pub.Publish(cc.request("", id, serviceMethod, data, deadline), func(o transport.Outcome) {
+	cc.tel.recordRequestSize(cs.ctx, serviceMethod, len(data))
+	if cs.span.IsRecording() {
+		cs.describe(messageAttrs(serviceMethod, cc.requestExchange, "", id, id, len(data), semconv.MessagingOperationTypeSend),
+			semconv.MessagingClientID(cc.replyTo))
+	}
+	msg := cc.request("", id, serviceMethod, data, deadline)
+	cc.tel.inject(cs.ctx, &msg.Publishing)
+	err = cc.pub.Publish(msg, func(o transport.Outcome) {
+		switch o {
+		case transport.Acked:
+			cs.event(eventConfirmed)
+		case transport.Returned:
+			cs.event(eventReturned)
+		case transport.Nacked:
+			cs.event(eventNacked)
+		}
 		if err := cc.outcomeError(o, "", cc.requestExchange); err != nil {
 			g.add(amqp.Delivery{}, err)
 		}
@@ -109,13 +129,18 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 		return nil, err
 	}
 
-	var results []link.Result
 	for {
 		select {
 		case <-g.ready:
 			replies, err := g.take()
 			for i := range replies {
-				results = append(results, cc.decodeResult(&replies[i], newReply))
+				res := cc.decodeResult(&replies[i], newReply)
+				results = append(results, res)
+				if res.Err != nil {
+					cs.event(eventReply, semconv.ErrorTypeKey.String(errorTypeOf(res.Err)))
+				} else {
+					cs.event(eventReply)
+				}
 			}
 			if err != nil && len(results) == 0 {
 				return nil, err

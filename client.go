@@ -76,7 +76,7 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		_ = queue.close()
 		return nil, err
 	}
-	return newClientCodec(clientCodecConfig{
+	cc := newClientCodec(clientCodecConfig{
 		names:    n,
 		clientID: id,
 		opts:     o,
@@ -85,7 +85,19 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		lost:     &queue.lost,
 		lookUps:  newQueueLookups(subConn),
 		release:  joinClose(replies.Close, stopPublisher(pub), closeConns, queue.close, pub.Close),
-	}), nil
+	})
+	unobserve := cc.tel.observe(id, pub.Len, reconnects(pubConn, subConn), cc.dropped.Load)
+	cc.release = joinClose(unobserve, cc.release) // before anyone can Close cc
+	return cc, nil
+}
+
+// reconnects returns a func that counts the reconnections of pub and sub
+// (one connection counted once), for the metrics.
+func reconnects(pub, sub *transport.Conn) func() uint64 {
+	if pub == sub {
+		return pub.Reconnects
+	}
+	return func() uint64 { return pub.Reconnects() + sub.Reconnects() }
 }
 
 // replyPrefetch bounds the replies in flight to one client: enough that the
@@ -130,15 +142,15 @@ func (c *Client) Call(serviceMethod string, args, reply any) error {
 // failure of the client's own (context.DeadlineExceeded after the default
 // call timeout, ErrNoRoute, ErrQueueUnavailable, ErrRefused, ErrBadReply, ...).
 func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) *rpc.Call {
-	call, _ := c.start(serviceMethod, args, reply, time.Time{}, done)
+	call, _ := c.start(context.Background(), serviceMethod, args, reply, time.Time{}, done)
 	return call
 }
 
 // start sends a call through rpc.Client.Go, its args in an envelope that
 // tells the codec where the reply goes and the caller's deadline (zero:
 // the default call timeout).
-func (c *Client) start(serviceMethod string, args, reply any, deadline time.Time, done chan *rpc.Call) (*rpc.Call, *callInfo) {
-	info := &callInfo{args: args, reply: reply, deadline: deadline}
+func (c *Client) start(ctx context.Context, serviceMethod string, args, reply any, deadline time.Time, done chan *rpc.Call) (*rpc.Call, *callInfo) {
+	info := &callInfo{ctx: ctx, args: args, reply: reply, deadline: deadline}
 	if c.codec.isClosed() {
 		// net/rpc would fail it before Go returns, with the envelope in
 		// call.Args for whoever reads done meanwhile: fail it as net/rpc
@@ -191,7 +203,7 @@ func (c *Client) CallContext(ctx context.Context, serviceMethod string, args, re
 		return err
 	}
 	deadline, _ := ctx.Deadline()
-	call, info := c.start(serviceMethod, args, reply, deadline, make(chan *rpc.Call, 1))
+	call, info := c.start(ctx, serviceMethod, args, reply, deadline, make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:
 	case <-ctx.Done():

@@ -2,6 +2,7 @@ package amqprpc
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 
 	"github.com/amqprpc/amqprpc/codec"
 	"github.com/amqprpc/amqprpc/internal/transport"
@@ -30,8 +32,9 @@ type callArgs struct {
 // callInfo is what Client hands the codec about the call it is sending,
 // beyond what net/rpc passes to WriteRequest.
 type callInfo struct {
-	args  any // the caller's: attach puts them back in call.Args
-	reply any // decoded into while reading the header
+	ctx   context.Context // the caller's: parent of the call's span
+	args  any             // the caller's: attach puts them back in call.Args
+	reply any             // decoded into while reading the header
 	// deadline is the caller's own, which the caller enforces (CallContext);
 	// zero means the codec applies the default call timeout.
 	deadline time.Time
@@ -67,6 +70,7 @@ type clientCodec struct {
 	acks     *replyAcker       // the replies read and not acked yet, under its own lock
 	lookUps  *queueLookups     // for returned calls; nil: they fail at once
 	dropped  atomic.Uint64     // replies dropped: unknown ids, duplicates, unreadable
+	tel      *telemetry
 
 	// queueLost is set when the reply queue may have lost replies: the
 	// broker cancelled its consumer (the queue was deleted), it was gone
@@ -104,6 +108,7 @@ type clientCodecConfig struct {
 	stream   *transport.Stream
 	lost     *atomic.Bool // see clientCodec.queueLost
 	lookUps  *queueLookups
+	tel      *telemetry
 	release  func() error
 }
 
@@ -122,6 +127,7 @@ func newClientCodec(cfg clientCodecConfig) *clientCodec {
 		stream:     cfg.stream,
 		queueLost:  cfg.lost,
 		lookUps:    cfg.lookUps,
+		tel:        cfg.tel,
 		release:    cfg.release,
 		synthReady: make(chan struct{}, 1),
 		timerReset: make(chan struct{}, 1),
@@ -131,6 +137,9 @@ func newClientCodec(cfg clientCodecConfig) *clientCodec {
 	}
 	if c.queueLost == nil {
 		c.queueLost = new(atomic.Bool)
+	}
+	if c.tel == nil {
+		c.tel = newTelemetry(cfg.opts, false)
 	}
 	c.wg.Add(1)
 	go c.expire()
@@ -164,9 +173,12 @@ func (c *clientCodec) writeRequest(r *rpc.Request, body any) error {
 	p := &pendingCall{seq: r.Seq, method: r.ServiceMethod}
 	args := body
 	var ttl time.Time
+	ctx := context.Background()
 	if ca, ok := body.(*callArgs); ok { // from Client; plain net/rpc users send args alone
 		args, p.info, p.reply, ttl = ca.args, ca.info, ca.info.reply, ca.info.deadline
+		ctx = ca.info.ctx
 	}
+	p.cs = c.tel.startCall(ctx, r.ServiceMethod)
 	if ttl.IsZero() && c.timeout > 0 {
 		ttl = time.Now().Add(c.timeout)
 		p.deadline = ttl
@@ -174,18 +186,35 @@ func (c *clientCodec) writeRequest(r *rpc.Request, body any) error {
 	p.ttl = ttl
 	key, args := c.routes.route(r.ServiceMethod, args)
 	data, err := c.codec.Marshal(args)
-	if err != nil {
-		return fmt.Errorf("amqprpc: encoding args of %s: %w", r.ServiceMethod, err)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("amqprpc: encoding args of %s: %w", r.ServiceMethod, err)
+	case len(data) > c.maxBody:
+		err = fmt.Errorf("%w: args of %s encode to %d bytes, over the limit of %d (WithMaxBodySize)", ErrTooLarge, r.ServiceMethod, len(data), c.maxBody)
 	}
-	if len(data) > c.maxBody {
-		return fmt.Errorf("%w: args of %s encode to %d bytes, over the limit of %d (WithMaxBodySize)", ErrTooLarge, r.ServiceMethod, len(data), c.maxBody)
+	if err != nil {
+		c.finish(p, err, -1)
+		return err
 	}
 	p.key, p.body = key, data
+	c.tel.recordRequestSize(p.cs.ctx, r.ServiceMethod, len(data))
+	if p.cs.span.IsRecording() {
+		id := correlationID(c.prefix, r.Seq)
+		p.cs.describe(messageAttrs(r.ServiceMethod, c.requestExchange, key, id, id, len(data), semconv.MessagingOperationTypeSend),
+			semconv.MessagingClientID(c.replyTo))
+	}
 	if p.info != nil {
 		p.info.seq, p.info.sent = r.Seq, true
 	}
 
 	c.mu.Lock()
+	if c.eof || c.isClosed() {
+		// Close won the race: net/rpc fails the calls it knows of, and
+		// the codec's telemetry of those it has, by now.
+		c.mu.Unlock()
+		c.finish(p, rpc.ErrShutdown, -1)
+		return rpc.ErrShutdown
+	}
 	c.pending[r.Seq] = p
 	if !p.deadline.IsZero() {
 		if c.timeouts.tail == nil {
@@ -196,10 +225,10 @@ func (c *clientCodec) writeRequest(r *rpc.Request, body any) error {
 	c.mu.Unlock()
 
 	if err := c.publish(p); err != nil {
-		c.forget(r.Seq)
 		if errors.Is(err, transport.ErrClosed) {
-			return rpc.ErrShutdown
+			err = rpc.ErrShutdown
 		}
+		c.forget(r.Seq, err)
 		return err
 	}
 	return nil
@@ -209,11 +238,21 @@ func (c *clientCodec) writeRequest(r *rpc.Request, body any) error {
 func (c *clientCodec) publish(p *pendingCall) error {
 	seq, key := p.seq, p.key
 	msg := c.request(key, correlationID(c.prefix, seq), p.method, p.body, p.ttl)
+	c.tel.inject(p.cs.ctx, &msg.Publishing)
+	if p.cs.span.IsRecording() {
+		msg.Retried = func() { p.cs.event(eventRetried, retryChannelLost) }
+	}
 	return c.pub.Publish(msg, func(o transport.Outcome) {
 		switch o {
 		case transport.Acked:
 			p.acked.Store(true)
+			p.cs.event(eventConfirmed)
 		case transport.Returned, transport.Nacked:
+			if o == transport.Returned {
+				p.cs.event(eventReturned)
+			} else {
+				p.cs.event(eventNacked)
+			}
 			go c.refused(p, o) // it asks the broker: not on the publisher's goroutine
 			return
 		}
@@ -238,6 +277,7 @@ func (c *clientCodec) republish() {
 	slices.SortFunc(calls, func(a, b *pendingCall) int { return cmp.Compare(a.seq, b.seq) })
 	c.log.Warn("amqprpc: the reply queue was lost; publishing the pending calls again", "calls", len(calls))
 	for _, p := range calls {
+		p.cs.event(eventRetried, retryReplyQueueLost)
 		switch err := c.publish(p); {
 		case errors.Is(err, transport.ErrClosed):
 			return // net/rpc fails them all with ErrShutdown
@@ -316,8 +356,21 @@ func (c *clientCodec) takeLocked(seq uint64) *pendingCall {
 	return p
 }
 
-// forget drops a call whose request was never sent.
-func (c *clientCodec) forget(seq uint64) { c.take(seq) }
+// forget drops a call whose request was never sent, because of err.
+func (c *clientCodec) forget(seq uint64, err error) {
+	if p := c.take(seq); p != nil {
+		c.finish(p, err, -1)
+	}
+}
+
+// finish ends the telemetry of call p, taken from pending, with err (nil:
+// success) and the size of its reply (< 0: none). Only its first call per
+// call does anything.
+func (c *clientCodec) finish(p *pendingCall, err error, replySize int) {
+	if p.ended.CompareAndSwap(false, true) {
+		c.tel.end(&p.cs, p.method, err, errorTypeOf(err), replySize)
+	}
+}
 
 // fail completes seq with a local failure, if it is still pending; it
 // reports whether it did. net/rpc receives the completion through the next
@@ -325,22 +378,31 @@ func (c *clientCodec) forget(seq uint64) { c.take(seq) }
 func (c *clientCodec) fail(seq uint64, err error) bool {
 	c.mu.Lock()
 	p := c.takeLocked(seq)
-	queued := p != nil && c.failLocked(p, err)
+	var queued bool
+	if p != nil {
+		err, queued = c.failLocked(p, err)
+	}
 	c.mu.Unlock()
 	if queued {
 		signal(c.synthReady)
+	}
+	if p != nil {
+		c.finish(p, err, -1)
 	}
 	return p != nil
 }
 
 // failLocked queues the completion of p, taken from pending, with err (see
-// failure); it reports whether it was queued now.
-func (c *clientCodec) failLocked(p *pendingCall, err error) bool {
-	r, now := c.failure(p.seq, p.info, endedWaiting(p, err))
+// failure); it returns the error the call ends with, and whether it was
+// queued now. The caller finishes p's telemetry, after unlocking: ending
+// a span may export it.
+func (c *clientCodec) failLocked(p *pendingCall, err error) (error, bool) {
+	err = endedWaiting(p, err)
+	r, now := c.failure(p.seq, p.info, err)
 	if now {
 		c.synth = append(c.synth, r)
 	}
-	return now
+	return err, now
 }
 
 // failure returns the completion of call seq failing with err. A call made
@@ -392,11 +454,14 @@ func (c *clientCodec) cancel(seq uint64, cause error) (error, bool) {
 	var queued bool
 	if p != nil {
 		cause = endedWaiting(p, cause)
-		queued = c.failLocked(p, errCanceled)
+		_, queued = c.failLocked(p, errCanceled)
 	}
 	c.mu.Unlock()
 	if queued {
 		signal(c.synthReady)
+	}
+	if p != nil {
+		c.finish(p, cause, -1)
 	}
 	return cause, p != nil
 }
@@ -453,7 +518,14 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 func (c *clientCodec) end() error {
 	c.mu.Lock()
 	c.eof = true
+	left := make([]*pendingCall, 0, len(c.pending))
+	for _, p := range c.pending {
+		left = append(left, p)
+	}
 	c.mu.Unlock()
+	for _, p := range left {
+		c.finish(p, rpc.ErrShutdown, -1)
+	}
 	return io.EOF
 }
 

@@ -50,6 +50,8 @@ func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
 // method up, decodes the args, calls the method and writes the reply, all on
 // this goroutine.
 func (s *Server) handle(c *serverCodec, req *request) {
+	c.tel.startRequest(req)
+	defer c.tel.endRequest(req) // after the reply, or the recover's
 	defer func() {
 		p := recover()
 		if !req.decoded { // settle the limit's bookkeeping too
@@ -63,15 +65,19 @@ func (s *Server) handle(c *serverCodec, req *request) {
 		}
 		// A panic, or runtime.Goexit, before the reply was written.
 		text := fmt.Sprintf("amqprpc: %s ended without a reply", req.d.Type)
+		req.errType = "no_reply"
 		if p != nil {
 			c.log.Error("amqprpc: handler panicked", "type", req.d.Type, "panic", p, "stack", string(debug.Stack()))
 			text = fmt.Sprintf("amqprpc: %s panicked: %v", req.d.Type, p)
+			req.errType = "panic"
 		}
 		_ = c.respond(req, text, nil)
 	}()
 	if !req.deadline.IsZero() && !time.Now().Before(req.deadline) {
 		// Its caller has given up: running it would be work for nobody.
 		// The error reply expires with it, unsent, and it is acked.
+		req.cs.event(eventExpired)
+		req.errType = "expired"
 		_ = c.respond(req, "amqprpc: the call's deadline passed before it ran", nil)
 		return
 	}

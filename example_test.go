@@ -11,6 +11,10 @@ import (
 	"strings"
 	"time"
 
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/amqprpc/amqprpc"
 	"github.com/amqprpc/amqprpc/transport"
 )
@@ -306,4 +310,46 @@ func ExampleServer_Register() {
 	// caller: context deadline exceeded
 	// Slow stopped: context deadline exceeded
 	// Search.Who called by a client with 5s to spare
+}
+
+// Traces and metrics go to the application's OpenTelemetry providers: the
+// global ones by default (otel.SetTracerProvider, otel.SetMeterProvider,
+// otel.SetTextMapPropagator), or those given as options, as here. The
+// caller's span context travels in the request's headers, so the server's
+// span is the client span's child, and a context-aware handler's ctx holds
+// it. Here the providers are no-ops; an application passes the SDK's
+// (go.opentelemetry.io/otel/sdk), as oteltest/example_test.go does.
+func ExampleWithTracerProvider() {
+	tp, mp := tracenoop.NewTracerProvider(), metricnoop.NewMeterProvider()
+	otelOpts := []amqprpc.Option{
+		amqprpc.WithTracerProvider(tp),
+		amqprpc.WithMeterProvider(mp),
+		amqprpc.WithPropagator(propagation.TraceContext{}),
+	}
+	services := rpc.NewServer()
+	if err := services.Register(new(Math)); err != nil {
+		log.Fatal(err)
+	}
+	server, err := amqprpc.NewServer(brokerURL(), "example_otel", services, otelOpts...)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer server.Close()
+	go server.Serve(context.Background())
+
+	client, err := amqprpc.Dial(brokerURL(), "example_otel", otelOpts...)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	// The call's span is a child of the span in ctx.
+	ctx, span := tp.Tracer("checkout").Start(context.Background(), "total")
+	defer span.End()
+	var sum float64
+	if err := client.CallContext(ctx, "Math.SumNumbers", []float64{1, 2}, &sum); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(sum)
+	// Output:
+	// 3
 }

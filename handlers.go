@@ -9,6 +9,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Register publishes on the server the methods of rcvr that net/rpc
@@ -28,7 +31,9 @@ import (
 // the queue counts (with the clocks of client and server in step). ctx is
 // also cancelled when Shutdown's context ends before the handler does
 // (Close waits for handlers, as net/rpc's do). RequestFromContext gives the
-// call's details. A request whose deadline has passed when a server takes
+// call's details; trace.SpanFromContext(ctx) the server's span for the
+// call (see WithTracerProvider), so spans the handler starts from ctx are
+// its children. A request whose deadline has passed when a server takes
 // it is not run, whatever its kind: it is acked without a reply, since its
 // caller has stopped waiting.
 //
@@ -226,10 +231,14 @@ func RequestFromContext(ctx context.Context) (Request, bool) {
 
 // callContext is the context of req's handler: cancelled at its deadline
 // and when Shutdown stops waiting for handlers, carrying the call's
-// details. Close does not cancel it: Close waits for handlers to finish.
+// details, its server span and the caller's OpenTelemetry baggage. Close does not cancel it: Close waits for handlers to finish.
 func (s *Server) callContext(req *request) (context.Context, context.CancelFunc) {
 	d := &req.d
-	ctx := context.WithValue(s.handlers, requestKey{}, Request{
+	ctx := trace.ContextWithSpan(s.handlers, req.cs.span) // and the caller's baggage, if any
+	if b := baggage.FromContext(req.cs.ctx); b.Len() > 0 {
+		ctx = baggage.ContextWithBaggage(ctx, b)
+	}
+	ctx = context.WithValue(ctx, requestKey{}, Request{
 		ServiceMethod: d.Type, ClientID: d.ReplyTo, CorrelationID: d.CorrelationId,
 		RoutingKey: d.RoutingKey, Redelivered: d.Redelivered, Deadline: req.deadline,
 	})

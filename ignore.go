@@ -26,6 +26,8 @@ func ignoreDelay(n int) time.Duration {
 // ignoreLimit ignores, or if the copy finds no queue, it answers the caller
 // with an error instead.
 func (c *serverCodec) ignore(req *request) {
+	req.cs.event(eventIgnored)
+	c.tel.count(req.cs.ctx, c.tel.ignored, &req.d)
 	if c.names.fanout { // ignored broadcasts are acked, not put back
 		c.settle(req, transport.Acked, nil)
 		return

@@ -7,6 +7,10 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/amqprpc/amqprpc/codec"
 	"github.com/amqprpc/amqprpc/internal/transport"
 	pubtransport "github.com/amqprpc/amqprpc/transport"
@@ -34,6 +38,11 @@ type options struct {
 	queueType     QueueType
 	deliveryLimit int
 	conn          *pubtransport.Conn // shared connections; nil: open our own
+
+	// OpenTelemetry; nil: the global ones (see telemetry.go)
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
+	propagator     propagation.TextMapPropagator
 }
 
 // Defaults of every option, as documented on each With… function.

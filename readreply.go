@@ -39,16 +39,21 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 			// The server put the request back for another server, and
 			// found its queue gone (see ErrIgnoreRequest).
 			if err, ok := parseNoRoute(text); ok {
+				c.finish(p, err, len(d.Body))
 				return c.failReply(p, r, err)
 			}
 		case codeNotTaken:
-			return c.failReply(p, r, &notTakenError{text: text})
+			err := &notTakenError{text: text}
+			c.finish(p, err, len(d.Body))
+			return c.failReply(p, r, err)
 		}
+		c.finish(p, rpc.ServerError(text), len(d.Body))
 		return c.now(p, r)
 	}
 	switch {
 	case p.info == nil: // a plain net/rpc caller: decode in ReadResponseBody
 		cd, err := c.replyCodec(d)
+		c.finish(p, err, len(d.Body))
 		if err != nil {
 			r.Error = err.Error()
 			return true
@@ -58,9 +63,11 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 	case p.reply == nil: // nothing to decode into
 	default:
 		if err := c.decodeReply(d, p.reply); err != nil {
+			c.finish(p, err, len(d.Body))
 			return c.failReply(p, r, err)
 		}
 	}
+	c.finish(p, nil, len(d.Body))
 	return c.now(p, r)
 }
 

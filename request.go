@@ -1,6 +1,7 @@
 package amqprpc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,13 @@ type request struct {
 	bad      bool        // malformed: reject rather than ack
 	decoded  bool        // decode ran (on the handler's goroutine)
 	answered atomic.Bool // respond ran
+
+	// Telemetry (a Server's requests): the span, and the outcome that
+	// respond saw, for endRequest.
+	cs        callSpan
+	errText   string
+	errType   string // "": success
+	replySize int    // < 0: no reply body
 }
 
 // next returns the next well-formed request that is not a duplicate. A
@@ -73,10 +81,14 @@ func (c *serverCodec) next() (*request, error) {
 			}
 			c.inflight.Add(1)
 			c.gate.RUnlock()
-			req := &request{d: d, owner: c}
+			req := &request{d: d, owner: c, replySize: -1}
 			c.acker.Take(&req.d)
 			req.deadline = requestDeadline(d.Expiration, d.Timestamp, time.Now())
+			if d.Redelivered {
+				c.tel.count(context.Background(), c.tel.redeliveries, &req.d)
+			}
 			if reason := c.check(req); reason != "" {
+				c.tel.note(&req.d, c.tel.refused, eventRefused, errors.New(reason))
 				c.refuse(req, reason)
 				continue
 			}
@@ -103,6 +115,9 @@ func (c *serverCodec) admit(req *request) bool {
 	// Only the original holds the key: the entry is its to end (forget),
 	// and a parked duplicate may be settled as soon as begin returns.
 	verdict, r := c.seen.begin(key, req)
+	if verdict != runIt {
+		c.tel.note(&req.d, c.tel.duplicates, eventDuplicate, nil)
+	}
 	switch verdict {
 	case answered:
 		c.log.Debug("amqprpc: answering a duplicate of an answered request again", "correlation_id", req.d.CorrelationId, "kept", r != nil)
@@ -199,16 +214,34 @@ func (c *serverCodec) respond(req *request, errText string, body any) error {
 		return nil
 	}
 	if errText != "" {
+		req.outcome(errText, "")
 		return c.publishReply(req, &reply{errText: truncateError(errText)})
 	}
 	data, err := marshal(req.codec, body)
 	switch {
 	case err != nil:
-		return c.publishReply(req, &reply{errText: truncateError("amqprpc: encoding reply: " + err.Error())})
+		errText = truncateError("amqprpc: encoding reply: " + err.Error())
 	case len(data) > c.maxBody:
-		return c.publishReply(req, &reply{errText: fmt.Sprintf("amqprpc: reply of %d bytes exceeds the limit of %d (WithMaxBodySize)", len(data), c.maxBody)})
+		errText = fmt.Sprintf("amqprpc: reply of %d bytes exceeds the limit of %d (WithMaxBodySize)", len(data), c.maxBody)
 	}
+	if errText != "" {
+		req.outcome(errText, "bad_reply")
+		return c.publishReply(req, &reply{errText: errText})
+	}
+	req.replySize = len(data)
 	return c.publishReply(req, &reply{body: data})
+}
+
+// outcome records that req is answered with errText, for its telemetry;
+// errType "" picks the error.type from errText, unless one was set.
+func (req *request) outcome(errText, errType string) {
+	req.errText = errText
+	switch {
+	case errType != "":
+		req.errType = errType
+	case req.errType == "":
+		req.errType = serverErrorType(req, errText)
+	}
 }
 
 // maxErrorText is the longest error text a reply carries, in bytes: it
@@ -275,8 +308,7 @@ func (c *serverCodec) publishReply(req *request, r *reply) error {
 
 // settle settles req by the outcome o of its reply r (nil: none was
 // sent). It acks req once r is confirmed, or expired unsent (nobody waits
-// for it any more), and rejects it if it was malformed. If the broker
-// refused r for good (a reply queue full with overflow reject-publish, a
+// for it any more), and rejects it if it was malformed. If the broker refused r for good (a reply queue full with overflow reject-publish, a
 // reply over its max_message_size), req is rejected without requeue, to
 // its queue's dead-letter exchange if it has one: requeued, it would run
 // again and again. The caller is first sent a short error reply saying so,

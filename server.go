@@ -25,8 +25,10 @@ type Server struct {
 	subConn     *transport.Conn
 	closeConns  func() error // closes pubConn and subConn, unless they are shared (WithConnection)
 	pub         *transport.Publisher
-	acker       *transport.Acker          // acks requests, gathered per burst of reply confirms
-	seen        *dedupe                   // calls answered recently, shared by all consumers
+	acker       *transport.Acker // acks requests, gathered per burst of reply confirms
+	seen        *dedupe          // calls answered recently, shared by all consumers
+	tel         *telemetry
+	unobserve   func() error              // unregisters the telemetry's observable metrics
 	queue       func() string             // that Serve consumes
 	ctxHandlers ctxServices               // Register's context-aware methods
 	setup       func(*amqp.Channel) error // declares what Serve needs
@@ -91,7 +93,7 @@ func (s *Server) start(ctx context.Context, cfg transport.ConsumerConfig, limit 
 	s.running.Add(1)
 	s.mu.Unlock()
 
-	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, acker: s.acker, seen: s.seen, limit: limit, abandon: s.abandon})
+	c := newServerCodec(serverCodecConfig{names: s.names, opts: s.opts, pub: s.pub, acker: s.acker, seen: s.seen, tel: s.tel, limit: limit, abandon: s.abandon})
 	if limit > 0 {
 		cfg.Remaining = c.remaining
 	}
@@ -181,7 +183,7 @@ func (s *Server) Close() error {
 			s.deleteQueue() // no broadcast should wait for a server that is gone
 		}
 		s.pub.Stop()
-		s.closeErr = errors.Join(s.closeConns(), s.pub.Close())
+		s.closeErr = errors.Join(s.unobserve(), s.closeConns(), s.pub.Close())
 	})
 	return s.closeErr
 }

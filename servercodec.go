@@ -22,6 +22,7 @@ type serverCodec struct {
 	pub     publisher
 	acker   *transport.Acker // sends the acks, merging those of a burst
 	seen    *dedupe          // nil: no duplicate detection
+	tel     *telemetry
 	stream  *transport.Stream
 	release func() error // stops consuming (unacked deliveries go back), once
 	cancel  func()       // asks the broker for no more deliveries
@@ -53,14 +54,19 @@ type serverCodecConfig struct {
 	pub   publisher
 	acker *transport.Acker
 	seen  *dedupe
-	limit int // stop after this many well-formed calls; <= 0: no limit
+	tel   *telemetry // nil: the codec's own
+	limit int        // stop after this many well-formed calls; <= 0: no limit
 	// abandon, if not nil, is closed when Close must stop waiting for
 	// replies to be confirmed (Server.Shutdown's context ended).
 	abandon <-chan struct{}
 }
 
 func newServerCodec(cfg serverCodecConfig) *serverCodec {
+	if cfg.tel == nil {
+		cfg.tel = newTelemetry(cfg.opts, true)
+	}
 	return &serverCodec{
+		tel:      cfg.tel,
 		names:    cfg.names,
 		custom:   cfg.opts.codec,
 		maxBody:  cfg.opts.maxBody,

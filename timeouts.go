@@ -25,6 +25,10 @@ type pendingCall struct {
 	retried bool
 	acked   atomic.Bool
 
+	// The call's span and metrics; ended says they ended (finish).
+	cs    callSpan
+	ended atomic.Bool
+
 	// deadline is set for calls that nobody else watches (Go, and plain
 	// net/rpc users of NewClientCodec): the codec itself fails them when it
 	// passes. Such calls sit in the codec's timeout list, oldest first.
@@ -77,20 +81,26 @@ func (c *clientCodec) expire() {
 	for {
 		c.mu.Lock()
 		now := time.Now()
-		var expired int
+		var queued bool
+		var ended []*pendingCall
+		var errs []error
 		for p := c.timeouts.head; p != nil && !p.deadline.After(now); p = c.timeouts.head {
 			c.takeLocked(p.seq)
-			if c.failLocked(p, errTimedOut) {
-				expired++
-			}
+			err, q := c.failLocked(p, errTimedOut)
+			queued = queued || q
+			ended, errs = append(ended, p), append(errs, err)
 		}
 		wait := time.Hour
 		if h := c.timeouts.head; h != nil {
 			wait = h.deadline.Sub(now)
 		}
 		c.mu.Unlock()
-		if expired > 0 {
+		if queued {
 			signal(c.synthReady)
+		}
+		for i, p := range ended {
+			p.cs.event(eventTimedOut)
+			c.finish(p, errs[i], -1)
 		}
 		timer.Reset(wait)
 		select {

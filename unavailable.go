@@ -103,6 +103,7 @@ func (c *clientCodec) publishAgain(p *pendingCall) {
 	if !pending {
 		return
 	}
+	p.cs.event(eventRetried, retryQueueUnavailable)
 	switch err := c.publish(p); {
 	case errors.Is(err, transport.ErrClosed):
 		// Close fails it.

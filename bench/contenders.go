@@ -14,8 +14,13 @@ import (
 	"net"
 	"net/rpc"
 
-	"github.com/amqprpc/amqprpc"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/amqprpc/amqprpc"
 )
 
 // Contender is one way of making an echo call.
@@ -45,6 +50,7 @@ type Factory struct {
 func Contenders() []Factory {
 	return []Factory{
 		{"amqprpc", "amqprpc", startAmqprpc},
+		{"amqprpc, OpenTelemetry on", "otel", startAmqprpcOTel},
 		{"floor: amqp091-go by hand", "floor", startFloor},
 		{"floor with the same broker features", "floorlike", startFloorLike},
 		{"net/rpc over TCP (no broker)", "netrpc", startNetRPC},
@@ -63,21 +69,46 @@ type amqprpcContender struct {
 	client  *amqprpc.Client
 	server  *amqprpc.Server
 	served  chan error
+	// shutdown, if set, ends what the contender set up besides (its
+	// OpenTelemetry providers).
+	shutdown func() error
 }
 
-func startAmqprpc(url string) (Contender, error) {
+func startAmqprpc(url string) (Contender, error) { return startAmqprpcWith(url) }
+
+// startAmqprpcOTel is amqprpc with tracing and metrics on, as in an
+// application that set up the OpenTelemetry SDK: every span sampled and
+// batched to an exporter (one that drops them, so that only amqprpc's
+// cost and the SDK's are measured), the W3C propagator (traceparent in
+// every request), and a meter provider that aggregates every measurement.
+func startAmqprpcOTel(url string) (Contender, error) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()),
+		sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+	c, err := startAmqprpcWith(url, amqprpc.WithTracerProvider(tp), amqprpc.WithMeterProvider(mp),
+		amqprpc.WithPropagator(propagation.TraceContext{}))
+	if err != nil {
+		return nil, err
+	}
+	c.shutdown = func() error {
+		return errors.Join(tp.Shutdown(context.Background()), mp.Shutdown(context.Background()))
+	}
+	return c, nil
+}
+
+func startAmqprpcWith(url string, opts ...amqprpc.Option) (*amqprpcContender, error) {
 	ns := randomName("bench_")
 	rcvr := rpc.NewServer()
 	if err := rcvr.Register(Echo{}); err != nil {
 		return nil, err
 	}
-	server, err := amqprpc.NewServer(url, ns, rcvr, amqprpc.WithPrefetch(256))
+	server, err := amqprpc.NewServer(url, ns, rcvr, append(opts, amqprpc.WithPrefetch(256))...)
 	if err != nil {
 		return nil, err
 	}
 	c := &amqprpcContender{url: url, ns: ns, server: server, served: make(chan error, 1)}
 	go func() { c.served <- server.Serve(context.Background()) }()
-	if c.client, err = amqprpc.Dial(url, ns); err != nil {
+	if c.client, err = amqprpc.Dial(url, ns, opts...); err != nil {
 		_ = server.Close()
 		return nil, err
 	}
@@ -95,6 +126,9 @@ func (c *amqprpcContender) Call(ctx context.Context, body []byte) ([]byte, error
 // server; the client's reply queue goes by itself (x-expires).
 func (c *amqprpcContender) Close() error {
 	err := errors.Join(c.client.Close(), c.server.Close(), <-c.served)
+	if c.shutdown != nil {
+		err = errors.Join(err, c.shutdown())
+	}
 	conn, derr := amqp.Dial(c.url)
 	if derr != nil {
 		return errors.Join(err, derr)

@@ -21,6 +21,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/amqprpc/amqprpc"
 	"github.com/amqprpc/amqprpc/codec"
@@ -111,6 +113,26 @@ func TestGoClientCallsPythonServer(t *testing.T) {
 	var serverErr rpc.ServerError
 	require.ErrorAs(t, err, &serverErr)
 	assert.Equal(t, "divide by zero", string(serverErr))
+
+	// The caller's span context reaches the Python server in the W3C
+	// traceparent header (PROTOCOL.md, "Trace context"). The no-op tracer
+	// sends the span context it is given as it is: the server sees it as
+	// its parent.
+	traced, err := amqprpc.Dial(brokertest.URL(), ns, amqprpc.WithCodec(codec.JSON),
+		amqprpc.WithPropagator(propagation.TraceContext{}))
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, traced.Close()) })
+	caller := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID:     trace.SpanID{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7},
+		TraceFlags: trace.FlagsSampled,
+	})
+	var parent struct{ TraceID, ParentID string }
+	require.NoError(t, traced.CallContext(trace.ContextWithSpanContext(ctx, caller), "Trace.Parent", 0, &parent))
+	assert.Equal(t, caller.TraceID().String(), parent.TraceID)
+	assert.Equal(t, caller.SpanID().String(), parent.ParentID)
+	err = client.CallContext(ctx, "Trace.Parent", 0, &parent)
+	require.ErrorAs(t, err, &serverErr, "no span context, no header")
 
 	err = client.CallContext(ctx, "Arith.Multiply", Args{A: 1, B: 2}, &sum)
 	require.ErrorAs(t, err, &serverErr)

@@ -8,6 +8,9 @@ serves until interrupted. Arith has the methods of Go's net/rpc example:
 
     Arith.Add     {"A": int, "B": int} -> A + B
     Arith.Divide  {"A": int, "B": int} -> {"Quo": A / B, "Rem": A % B}, an error if B is 0
+    Trace.Parent  anything -> {"TraceID": ..., "ParentID": ...}: the caller's span, read from the
+                  W3C traceparent header that a Go client with OpenTelemetry sends (PROTOCOL.md,
+                  "Trace context"); an error if the request has none
 """
 import json
 import os
@@ -46,7 +49,21 @@ def divide(args):
     return {"Quo": quo, "Rem": a - b * quo}
 
 
+def trace_parent(headers):
+    """The trace id and parent span id of a W3C traceparent header: version-traceid-parentid-flags.
+    An OpenTelemetry SDK for Python would hand it to its propagator instead."""
+    value = (headers or {}).get("traceparent")
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    parts = value.split("-") if isinstance(value, str) else []
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        raise CallError("no traceparent header")
+    return {"TraceID": parts[1], "ParentID": parts[2]}
+
+
 METHODS = {"Arith.Add": add, "Arith.Divide": divide}
+# Methods that read the request's headers rather than its args.
+HEADER_METHODS = {"Trace.Parent": trace_parent}
 
 
 def main():
@@ -80,14 +97,17 @@ def main():
                 malformed = True
                 raise CallError(f"request has unknown content type {json.dumps(req.content_type or '')}")
             method = METHODS.get(req.type)
-            if method is None:
+            if method is None and req.type not in HEADER_METHODS:
                 raise CallError(f"rpc: can't find method {req.type}")
             try:
                 args = json.loads(body)
             except ValueError as e:
                 malformed = True
                 raise CallError(f"decoding args: {e}")
-            result = json.dumps(method(args)).encode()
+            if method is None:
+                result = json.dumps(HEADER_METHODS[req.type](req.headers)).encode()
+            else:
+                result = json.dumps(method(args)).encode()
         except CallError as e:
             reply.headers = {"error": str(e).encode()[:16384].decode("utf-8", "ignore")}  # at most 16384 bytes
             result = b""

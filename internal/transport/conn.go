@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -51,6 +52,8 @@ type Conn struct {
 	ctx    context.Context
 	cancel context.CancelFunc // ends ctx, interrupting a redial, with Close
 	wg     sync.WaitGroup
+
+	reconnects atomic.Uint64 // successful redials
 
 	mu sync.Mutex
 	// protects conn, up and lost
@@ -151,9 +154,14 @@ func (c *Conn) watch(conn *amqp.Connection) {
 			rl.failed(c.log, "amqprpc: reconnecting failed; retrying", "err", err, "retry_in", c.backoff.next(wait))
 		}
 		c.setUp(conn, cork)
+		c.reconnects.Add(1)
 		c.log.Info("amqprpc: reconnected", "url", Redact(c.url))
 	}
 }
+
+// Reconnects returns how many times the Conn has reconnected after losing
+// its connection.
+func (c *Conn) Reconnects() uint64 { return c.reconnects.Load() }
 
 // Channel opens a channel on the live connection, waiting for one while
 // reconnecting, until ctx ends or the Conn is closed (ErrClosed).

@@ -61,6 +61,10 @@ type Message struct {
 	// of one sent is the time left until it, computed when it is written,
 	// with its Timestamp set to that moment.
 	Deadline time.Time
+	// Retried, if set, is called (on the publisher's goroutine; it must not
+	// block) when the channel was lost before the broker confirmed the
+	// message, which is then sent again.
+	Retried func()
 	amqp.Publishing
 }
 
@@ -217,6 +221,9 @@ func (p *Publisher) requeue(unconfirmed []*entry) {
 			failed = append(failed, e)
 		} else {
 			kept = append(kept, e)
+			if e.Retried != nil && p.ctx.Err() == nil {
+				e.Retried()
+			}
 		}
 	}
 	p.mu.Lock()

@@ -1,0 +1,540 @@
+package amqprpc
+
+import (
+	"context"
+	"errors"
+	"net/rpc"
+	"strings"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Telemetry follows the OpenTelemetry semantic conventions v1.37.0
+// (https://opentelemetry.io/docs/specs/semconv/rpc/ and
+// .../messaging/rabbitmq/): spans are named "Service/Method", with the
+// rpc.* attributes (rpc.system is "amqprpc") and the messaging.* ones of
+// RabbitMQ; metrics are rpc.client.duration, rpc.server.duration (ms) and
+// the request and response sizes (By), plus amqprpc.* ones for what the
+// conventions have no name for. See README's "Observability".
+
+// ScopeName is the instrumentation scope of amqprpc's tracer and meter.
+const ScopeName = "github.com/amqprpc/amqprpc"
+
+// rpcSystem is the rpc.system attribute's value: the wire protocol of
+// PROTOCOL.md.
+var rpcSystem = semconv.RPCSystemKey.String("amqprpc")
+
+// Span events: what happened to a call or a request besides its outcome.
+const (
+	eventConfirmed  = "amqprpc.publish.confirmed" // the broker took the request (publisher confirm)
+	eventReturned   = "amqprpc.publish.returned"  // no queue took it (mandatory)
+	eventNacked     = "amqprpc.publish.nacked"    // the broker refused it
+	eventRetried    = "amqprpc.publish.retried"   // sent again; attribute amqprpc.retry.reason
+	eventTimedOut   = "amqprpc.call.timed_out"
+	eventReply      = "amqprpc.reply" // one per reply to CallAll
+	eventDuplicate  = "amqprpc.request.duplicate"
+	eventIgnored    = "amqprpc.request.ignored"
+	eventExpired    = "amqprpc.request.expired"
+	eventRedelivery = "amqprpc.request.redelivered"
+	eventRefused    = "amqprpc.request.refused"
+)
+
+// Why a request was sent again (attribute amqprpc.retry.reason).
+var (
+	retryChannelLost      = attribute.String("amqprpc.retry.reason", "channel_lost")
+	retryReplyQueueLost   = attribute.String("amqprpc.retry.reason", "reply_queue_lost")
+	retryQueueUnavailable = attribute.String("amqprpc.retry.reason", "queue_unavailable")
+)
+
+// WithTracerProvider sets where a Client's or Server's spans go. Default:
+// the global provider (otel.GetTracerProvider) at the time the Client or
+// Server is made, which forwards to whatever provider the application sets
+// later; without one, spans are no-ops. A nil tp is an error.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) error {
+		if tp == nil {
+			return errors.New("amqprpc: WithTracerProvider(nil)")
+		}
+		o.tracerProvider = tp
+		return nil
+	}
+}
+
+// WithPropagator sets how a call's span context travels in the request's
+// AMQP headers (W3C traceparent and tracestate, B3, ...). Default: the
+// global propagator (otel.GetTextMapPropagator), which carries nothing
+// until the application sets one. A nil p is an error.
+func WithPropagator(p propagation.TextMapPropagator) Option {
+	return func(o *options) error {
+		if p == nil {
+			return errors.New("amqprpc: WithPropagator(nil)")
+		}
+		o.propagator = p
+		return nil
+	}
+}
+
+// WithMeterProvider sets where a Client's or Server's metrics go. Default:
+// the global provider (otel.GetMeterProvider), which records nothing until
+// the application sets one. A nil mp is an error.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return func(o *options) error {
+		if mp == nil {
+			return errors.New("amqprpc: WithMeterProvider(nil)")
+		}
+		o.meterProvider = mp
+		return nil
+	}
+}
+
+// telemetry is one side's (a Client's or a Server's) tracer, propagator
+// and instruments.
+type telemetry struct {
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
+	meter  metric.Meter
+	kind   trace.SpanKind // of the spans of calls or requests
+	start  []trace.SpanStartOption
+
+	duration     metric.Float64Histogram   // rpc.{client,server}.duration
+	requestSize  metric.Int64Histogram     // rpc.{client,server}.request.size
+	responseSize metric.Int64Histogram     // rpc.{client,server}.response.size
+	active       metric.Int64UpDownCounter // calls in flight, or requests being handled
+	activeAttrs  metric.MeasurementOption  // its attributes
+
+	// The server's.
+	duplicates, redeliveries, ignored, refused metric.Int64Counter
+
+	mu sync.RWMutex
+	// protects sets and names
+	sets  map[setKey]attribute.Set
+	names map[string]string // span names by method, up to maxMethods
+}
+
+// setKey names one cached attribute set of the metrics.
+type setKey struct{ serviceMethod, errorType string }
+
+// maxMethods bounds the distinct method attribute sets a side keeps:
+// method names come from the wire, and a server must not grow without end
+// on garbage. Beyond it, methods are recorded as "_OTHER".
+const maxMethods = 512
+
+func newTelemetry(o *options, server bool) *telemetry {
+	tp, mp, prop := o.tracerProvider, o.meterProvider, o.propagator
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	if prop == nil {
+		prop = otel.GetTextMapPropagator()
+	}
+	t := &telemetry{
+		tracer: tp.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL)),
+		prop:   prop,
+		meter:  mp.Meter(ScopeName, metric.WithSchemaURL(semconv.SchemaURL)),
+		kind:   trace.SpanKindClient,
+		sets:   make(map[setKey]attribute.Set),
+		names:  make(map[string]string),
+
+		activeAttrs: metric.WithAttributeSet(attribute.NewSet(rpcSystem)),
+	}
+	side, active, activeDesc, activeUnit := "client", "amqprpc.client.active_calls", "Calls sent and not yet completed.", "{call}"
+	if server {
+		t.kind = trace.SpanKindServer
+		side, active, activeDesc, activeUnit = "server", "amqprpc.server.active_requests", "Requests being handled.", "{request}"
+	}
+	t.start = []trace.SpanStartOption{trace.WithSpanKind(t.kind)}
+	var errs []error
+	hist := func(name, desc string) metric.Int64Histogram {
+		h, err := t.meter.Int64Histogram(name, metric.WithUnit("By"), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return h
+	}
+	counter := func(name, desc string) metric.Int64Counter {
+		c, err := t.meter.Int64Counter(name, metric.WithUnit("{request}"), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	var err error
+	t.duration, err = t.meter.Float64Histogram("rpc."+side+".duration", metric.WithUnit("ms"),
+		metric.WithDescription("Duration of RPCs, from the call to its outcome (client) or from taking the request to its reply (server)."))
+	errs = append(errs, err)
+	t.requestSize = hist("rpc."+side+".request.size", "Size of RPC request bodies.")
+	t.responseSize = hist("rpc."+side+".response.size", "Size of RPC response bodies.")
+	t.active, err = t.meter.Int64UpDownCounter(active, metric.WithUnit(activeUnit), metric.WithDescription(activeDesc))
+	errs = append(errs, err)
+	if server {
+		t.duplicates = counter("amqprpc.server.duplicates", "Duplicate requests suppressed: answered from the reply cache, or acked.")
+		t.redeliveries = counter("amqprpc.server.redeliveries", "Requests the broker delivered again (after a lost connection or a requeue).")
+		t.ignored = counter("amqprpc.server.ignored", "Requests a handler ignored (ErrIgnoreRequest).")
+		t.refused = counter("amqprpc.server.refused", "Malformed requests refused without running a handler.")
+	}
+	if err := errors.Join(errs...); err != nil {
+		otel.Handle(err)
+	}
+	return t
+}
+
+// observe registers the callbacks of a Client's or Server's observable
+// metrics, each observed with messaging.client.id id (the client id, or a
+// server's random one: observations of several Clients or Servers of one
+// meter must not share attributes); the returned func unregisters them
+// (at Close).
+func (t *telemetry) observe(id string, waiting func() int, reconnects func() uint64, dropped func() uint64) func() error {
+	var errs []error
+	gauge, err := t.meter.Int64ObservableGauge("amqprpc.publisher.waiting", metric.WithUnit("{message}"),
+		metric.WithDescription("Messages waiting in the publisher to be sent, such as while the connection is down."))
+	errs = append(errs, err)
+	recon, err := t.meter.Int64ObservableCounter("amqprpc.connection.reconnects", metric.WithUnit("{reconnect}"),
+		metric.WithDescription("Times a connection was lost and opened again."))
+	errs = append(errs, err)
+	insts := []metric.Observable{gauge, recon}
+	var drop metric.Int64ObservableCounter
+	if dropped != nil {
+		drop, err = t.meter.Int64ObservableCounter("amqprpc.client.replies.dropped", metric.WithUnit("{reply}"),
+			metric.WithDescription("Replies dropped because they matched no pending call: late, duplicate or forged."))
+		errs = append(errs, err)
+		insts = append(insts, drop)
+	}
+	reg, err := t.meter.RegisterCallback(func(_ context.Context, ob metric.Observer) error {
+		attrs := metric.WithAttributes(rpcSystem, semconv.MessagingClientID(id))
+		ob.ObserveInt64(gauge, int64(waiting()), attrs)
+		ob.ObserveInt64(recon, int64(reconnects()), attrs)
+		if dropped != nil {
+			ob.ObserveInt64(drop, int64(dropped()), attrs)
+		}
+		return nil
+	}, insts...)
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		otel.Handle(err)
+	}
+	if reg == nil {
+		return func() error { return nil }
+	}
+	return reg.Unregister
+}
+
+// set returns the cached attributes of serviceMethod's metrics with
+// errorType ("" on success).
+func (t *telemetry) set(serviceMethod, errorType string) attribute.Set {
+	k := setKey{serviceMethod, errorType}
+	t.mu.RLock()
+	s, ok := t.sets[k]
+	t.mu.RUnlock()
+	if ok {
+		return s
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.sets) >= maxMethods {
+		k.serviceMethod = "_OTHER"
+		if s, ok := t.sets[k]; ok {
+			return s
+		}
+	}
+	service, method := splitMethod(k.serviceMethod)
+	kv := []attribute.KeyValue{rpcSystem, semconv.RPCService(service), semconv.RPCMethod(method)}
+	if errorType != "" {
+		kv = append(kv, semconv.ErrorTypeKey.String(errorType))
+	}
+	s = attribute.NewSet(kv...)
+	t.sets[k] = s
+	return s
+}
+
+// spanName returns serviceMethod's span name, cached.
+func (t *telemetry) spanName(serviceMethod string) string {
+	t.mu.RLock()
+	name, ok := t.names[serviceMethod]
+	t.mu.RUnlock()
+	if ok {
+		return name
+	}
+	name = spanName(serviceMethod)
+	t.mu.Lock()
+	if len(t.names) < maxMethods {
+		t.names[serviceMethod] = name
+	}
+	t.mu.Unlock()
+	return name
+}
+
+// splitMethod splits "Service.Method" as net/rpc does, at the last dot.
+func splitMethod(serviceMethod string) (service, method string) {
+	if i := strings.LastIndexByte(serviceMethod, '.'); i >= 0 {
+		return serviceMethod[:i], serviceMethod[i+1:]
+	}
+	return serviceMethod, ""
+}
+
+// spanName is a call's span name, "Service/Method", as the RPC conventions
+// ask.
+func spanName(serviceMethod string) string {
+	service, method := splitMethod(serviceMethod)
+	if method == "" {
+		return service
+	}
+	return service + "/" + method
+}
+
+// messageAttrs are the span attributes of a request message, sent or
+// received: the RPC's and the messaging ones.
+func messageAttrs(serviceMethod, exchange, key, messageID, correlationID string, size int, op attribute.KeyValue) []attribute.KeyValue {
+	service, method := splitMethod(serviceMethod)
+	name := "publish" // the AMQP method: basic.publish
+	if op == semconv.MessagingOperationTypeProcess {
+		name = "process"
+	}
+	return []attribute.KeyValue{
+		rpcSystem,
+		semconv.RPCService(service),
+		semconv.RPCMethod(method),
+		semconv.MessagingSystemRabbitMQ,
+		op,
+		semconv.MessagingOperationName(name),
+		semconv.MessagingDestinationName(exchange),
+		semconv.MessagingRabbitMQDestinationRoutingKey(key),
+		semconv.MessagingMessageID(messageID),
+		semconv.MessagingMessageConversationID(correlationID),
+		semconv.MessagingMessageBodySize(size),
+	}
+}
+
+// startCall starts the span of a call of serviceMethod (client) or of a
+// request for it (server), as a child of ctx's span, and counts it as
+// active. The returned callSpan ends with end.
+func (t *telemetry) startCall(ctx context.Context, serviceMethod string) callSpan {
+	ctx, span := t.tracer.Start(ctx, t.spanName(serviceMethod), t.start...)
+	cs := callSpan{ctx: ctx, span: span}
+	if t.duration.Enabled(ctx) || span.IsRecording() {
+		cs.start = time.Now()
+	}
+	if t.active.Enabled(ctx) {
+		cs.counted = true
+		t.active.Add(ctx, 1, t.activeAttrs)
+	}
+	return cs
+}
+
+// callSpan is the telemetry of one call (client) or request (server).
+type callSpan struct {
+	ctx     context.Context // holds span
+	span    trace.Span
+	start   time.Time // zero: no duration is recorded
+	counted bool      // in the active calls or requests
+}
+
+// describe sets the span's attributes, if it records: messageAttrs', and
+// extra.
+func (cs *callSpan) describe(attrs []attribute.KeyValue, extra ...attribute.KeyValue) {
+	cs.span.SetAttributes(attrs...)
+	cs.span.SetAttributes(extra...)
+}
+
+// event adds a span event, if the span records.
+func (cs *callSpan) event(name string, attrs ...attribute.KeyValue) {
+	if cs.span != nil && cs.span.IsRecording() {
+		cs.span.AddEvent(name, trace.WithAttributes(attrs...))
+	}
+}
+
+// end ends the span with err's outcome (errorType for metrics, "" on
+// success) and records the duration and the response size (< 0: none).
+func (t *telemetry) end(cs *callSpan, serviceMethod string, err error, errorType string, responseSize int) {
+	if cs.span == nil {
+		return
+	}
+	if err != nil && cs.span.IsRecording() {
+		cs.span.RecordError(err)
+		cs.span.SetStatus(codes.Error, err.Error())
+		cs.span.SetAttributes(semconv.ErrorTypeKey.String(errorType))
+	}
+	cs.span.End()
+	if cs.counted {
+		t.active.Add(cs.ctx, -1, t.activeAttrs)
+	}
+	if !cs.start.IsZero() && t.duration.Enabled(cs.ctx) {
+		set := metric.WithAttributeSet(t.set(serviceMethod, errorType))
+		t.duration.Record(cs.ctx, float64(time.Since(cs.start))/float64(time.Millisecond), set)
+		if responseSize >= 0 {
+			t.responseSize.Record(cs.ctx, int64(responseSize), set)
+		}
+	}
+}
+
+// recordRequestSize records the body size of a request sent or received.
+func (t *telemetry) recordRequestSize(ctx context.Context, serviceMethod string, size int) {
+	if t.requestSize.Enabled(ctx) {
+		t.requestSize.Record(ctx, int64(size), metric.WithAttributeSet(t.set(serviceMethod, "")))
+	}
+}
+
+// inject writes ctx's span context (and baggage) into p's headers through
+// the propagator. Without either there is nothing to carry, and p is left
+// as it is: the no-op path allocates nothing.
+func (t *telemetry) inject(ctx context.Context, p *amqp.Publishing) {
+	if !trace.SpanContextFromContext(ctx).IsValid() && baggage.FromContext(ctx).Len() == 0 {
+		return
+	}
+	if p.Headers == nil {
+		p.Headers = amqp.Table{}
+	}
+	t.prop.Inject(ctx, headerCarrier(p.Headers))
+}
+
+// extract returns a context holding the span context that headers carry.
+func (t *telemetry) extract(headers amqp.Table) context.Context {
+	return t.prop.Extract(context.Background(), headerCarrier(headers))
+}
+
+// headerCarrier adapts AMQP headers to a propagation.TextMapCarrier. It
+// reads string values and byte arrays (what some clients send for
+// strings), and writes strings.
+type headerCarrier amqp.Table
+
+func (h headerCarrier) Get(key string) string {
+	switch v := h[key].(type) {
+	case string:
+		return v
+	case []byte:
+		return string(v)
+	}
+	return ""
+}
+
+func (h headerCarrier) Set(key, value string) { h[key] = value }
+
+func (h headerCarrier) Keys() []string {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// errorTypeOf is the error.type of a client call's failure: a short, stable
+// name for each of the errors CallContext documents, "_OTHER" for the
+// rest, "" for none.
+func errorTypeOf(err error) string {
+	if err == nil {
+		return ""
+	}
+	switch {
+	case errors.Is(err, ErrQueueUnavailable):
+		return "queue_unavailable"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, ErrNoRoute):
+		return "no_route"
+	case errors.Is(err, ErrNotTaken):
+		return "not_taken"
+	case errors.Is(err, ErrRefused):
+		return "refused"
+	case errors.Is(err, ErrBadReply):
+		return "bad_reply"
+	case errors.Is(err, ErrTooLarge):
+		return "too_large"
+	case errors.Is(err, ErrTooLong):
+		return "too_long"
+	case errors.Is(err, rpc.ErrShutdown):
+		return "shutdown"
+	}
+	if _, ok := err.(rpc.ServerError); ok {
+		return "server_error"
+	}
+	return semconv.ErrorTypeOther.Value.AsString()
+}
+
+// startRequest starts the server span of req, a child of the span whose
+// context its headers carry, and its metrics.
+func (t *telemetry) startRequest(req *request) {
+	d := &req.d
+	req.cs = t.startCall(t.extract(d.Headers), d.Type)
+	if req.cs.span.IsRecording() {
+		req.cs.describe(t.requestAttrs(d))
+		if d.Redelivered {
+			req.cs.event(eventRedelivery)
+		}
+	}
+	t.recordRequestSize(req.cs.ctx, d.Type, len(d.Body))
+}
+
+// requestAttrs are the span attributes of request d, received.
+func (t *telemetry) requestAttrs(d *amqp.Delivery) []attribute.KeyValue {
+	return append(messageAttrs(d.Type, d.Exchange, d.RoutingKey, d.MessageId, d.CorrelationId, len(d.Body), semconv.MessagingOperationTypeProcess),
+		semconv.MessagingRabbitMQMessageDeliveryTag(int(d.DeliveryTag)))
+}
+
+// endRequest ends req's span and metrics with the outcome respond saw.
+func (t *telemetry) endRequest(req *request) {
+	var err error
+	if req.errType != "" {
+		err = errors.New(req.errText)
+	}
+	method := req.d.Type
+	if req.errType == "unknown_method" || req.errType == "bad_request" {
+		method = "_OTHER" // from the wire, unchecked: no slot of maxMethods
+	}
+	t.end(&req.cs, method, err, req.errType, req.replySize)
+}
+
+// note records what happened to request d when no handler runs for it (a
+// duplicate, a malformed request): counter counts it, and a short server
+// span, a child of the caller's, shows event (and err, if any).
+func (t *telemetry) note(d *amqp.Delivery, counter metric.Int64Counter, event string, err error) {
+	ctx := t.extract(d.Headers)
+	if counter.Enabled(ctx) {
+		method := d.Type
+		if err != nil {
+			method = "_OTHER" // malformed: its type is not worth a slot of maxMethods
+		}
+		counter.Add(ctx, 1, metric.WithAttributeSet(t.set(method, "")))
+	}
+	_, span := t.tracer.Start(ctx, t.spanName(d.Type), t.start...)
+	if span.IsRecording() {
+		span.SetAttributes(t.requestAttrs(d)...)
+		span.AddEvent(event)
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+	}
+	span.End()
+}
+
+// count adds one to counter, for request d.
+func (t *telemetry) count(ctx context.Context, counter metric.Int64Counter, d *amqp.Delivery) {
+	if ctx == nil { // a request of NewServerCodec's: no span
+		ctx = context.Background()
+	}
+	if counter.Enabled(ctx) {
+		counter.Add(ctx, 1, metric.WithAttributeSet(t.set(d.Type, "")))
+	}
+}
+
+// serverErrorType is the error.type of a request answered with errText
+// (by the handler, or by net/rpc or the server for it).
+func serverErrorType(req *request, errText string) string {
+	switch {
+	case strings.HasPrefix(errText, "rpc: can't find"):
+		return "unknown_method"
+	case req.bad:
+		return "bad_request"
+	}
+	return "handler_error"
+}
