@@ -33,6 +33,8 @@ type request struct {
 	errText   string
 	errType   string // "": success
 	replySize int    // < 0: no reply body
+
+	resent bool // its reply was nacked once and sent again (see settle)
 }
 
 // next returns the next well-formed request that is not a duplicate. A
@@ -306,9 +308,14 @@ func (c *serverCodec) publishReply(req *request, r *reply) error {
 	return err
 }
 
+// replyResendDelay is how long a server waits before it sends a reply
+// the broker nacked once more.
+const replyResendDelay = time.Second
+
 // settle settles req by the outcome o of its reply r (nil: none was
 // sent). It acks req once r is confirmed, or expired unsent (nobody waits
-// for it any more), and rejects it if it was malformed. If the broker refused r for good (a reply queue full with overflow reject-publish, a
+// for it any more), and rejects it if it was malformed. A nacked r is sent
+// once more after replyResendDelay. If the broker refused r for good (a reply queue full with overflow reject-publish, a
 // reply over its max_message_size), req is rejected without requeue, to
 // its queue's dead-letter exchange if it has one: requeued, it would run
 // again and again. The caller is first sent a short error reply saying so,
@@ -323,6 +330,25 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 	case transport.Abandoned:
 		answered = false
 	default:
+		if r != nil && o == transport.Nacked && !r.refused && !req.resent {
+			// A reply queue on a node that is going down nacks for a
+			// moment, and its client declares a new one elsewhere (seen
+			// in the cluster tests): the reply itself gets one more try
+			// before the caller is told it was refused, unless the
+			// server stops meanwhile.
+			req.resent = true
+			go func() {
+				t := time.NewTimer(replyResendDelay)
+				defer t.Stop()
+				select {
+				case <-t.C:
+					_ = c.publishReply(req, r)
+				case <-c.stopping:
+					c.settle(req, o, r) // the error reply, now
+				}
+			}()
+			return
+		}
 		if r != nil && !r.refused {
 			c.log.Warn("amqprpc: the broker refused a reply; sending the caller an error instead",
 				"outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)

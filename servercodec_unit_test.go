@@ -119,10 +119,11 @@ func unitServerCodec(t *testing.T, headers amqp.Table) (*serverCodec, *fakePubli
 	return c, pub, req, rec
 }
 
-// A reply the broker refuses is replaced by a short error reply; if that
-// is refused too, the request is rejected (not requeued, which would run
-// it again and again), and the reply is kept for the copy of the call
-// that the client publishes again.
+// A reply the broker nacks is sent once more, after a pause; refused
+// again, it is replaced by a short error reply; if that is refused too,
+// the request is rejected (not requeued, which would run it again and
+// again), and the reply is kept for the copy of the call that the client
+// publishes again.
 func TestUnitRefusedReplyThenRefusedError(t *testing.T) {
 	c, pub, req, rec := unitServerCodec(t, nil)
 	key := req.key
@@ -130,9 +131,17 @@ func TestUnitRefusedReplyThenRefusedError(t *testing.T) {
 	first := pub.next(t, 0)
 	assert.Equal(t, "u", first.m.Key)
 	assert.Equal(t, c.responseExchange, first.m.Exchange)
+	nacked := time.Now()
 	first.done(transport.Nacked)
 
-	second := pub.next(t, 1)
+	again := pub.next(t, 1)
+	assert.GreaterOrEqual(t, time.Since(nacked), replyResendDelay, "after the pause")
+	assert.Equal(t, first.m.Body, again.m.Body, "the reply itself, once more")
+	assert.Nil(t, again.m.Headers[headerError])
+	assert.Empty(t, rec.settled(), "not settled before the resent reply's outcome")
+	again.done(transport.Nacked)
+
+	second := pub.next(t, 2)
 	assert.Equal(t, "amqprpc: the broker refused the reply (nacked)", second.m.Headers[headerError])
 	assert.Empty(t, rec.settled(), "not settled before the error reply's outcome")
 	second.done(transport.Nacked)
