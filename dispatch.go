@@ -81,6 +81,10 @@ func (s *Server) handle(c *serverCodec, req *request) {
 		_ = c.respond(req, "amqprpc: the call's deadline passed before it ran", nil)
 		return
 	}
+	if req.d.Type == PingMethod {
+		_ = c.echo(req)
+		return
+	}
 	if svc, m, text := s.ctxHandlers.lookup(req.d.Type); m != nil {
 		s.callCtx(c, req, svc, m)
 		return

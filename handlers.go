@@ -74,6 +74,9 @@ func (s *Server) register(rcvr any, name string, useName bool) error {
 	if sname == "" {
 		return errors.New("rpc.Register: no service name for type " + typ.String())
 	}
+	if sname == reservedService {
+		return errors.New("amqprpc: the service name " + reservedService + " is reserved (PingMethod)")
+	}
 	if !useName && !token.IsExported(sname) {
 		return errors.New("rpc.Register: type " + sname + " is not exported")
 	}

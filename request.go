@@ -246,6 +246,16 @@ func (req *request) outcome(errText, errType string) {
 	}
 }
 
+// echo answers req, a call of PingMethod, with its own body, in its own
+// content type: no handler runs, and nothing is decoded.
+func (c *serverCodec) echo(req *request) error {
+	if !req.answered.CompareAndSwap(false, true) {
+		return nil
+	}
+	req.replySize = len(req.d.Body)
+	return c.publishReply(req, &reply{body: req.d.Body})
+}
+
 // maxErrorText is the longest error text a reply carries, in bytes: it
 // travels in a header, and all headers must fit one frame (see
 // transport.MaxHeaderFrame).

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amqprpc/amqprpc/codec"
 	"github.com/amqprpc/amqprpc/internal/brokertest"
 
 	"github.com/stretchr/testify/assert"
@@ -225,4 +226,21 @@ func ctx2(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// Every server answers PingMethod with the args it was sent, in their
+// codec, whatever it serves (here: nothing), and the name is reserved.
+func TestPingAnsweredByEveryServer(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	s := startServer(t, ns, rpc.NewServer())
+	for _, cd := range []codec.Codec{codec.MsgPack, codec.JSON} {
+		c := dial(t, ns, WithCodec(cd))
+		var got map[string]any
+		require.NoError(t, c.Call(PingMethod, map[string]any{"hello": "world"}, &got), cd.ContentType())
+		assert.Equal(t, map[string]any{"hello": "world"}, got, cd.ContentType())
+		var n int
+		require.NoError(t, c.Call(PingMethod, 42, &n))
+		assert.Equal(t, 42, n)
+	}
+	assert.ErrorContains(t, s.RegisterName("amqprpc", new(Math)), "reserved")
 }

@@ -23,6 +23,18 @@ import (
 //	body            args, or reply; empty on error replies
 const headerError = "error"
 
+// PingMethod is the method every Server answers, whatever it serves, by
+// echoing its args (the request's body, in the request's content type)
+// without running a handler: a caller learns in one round trip that the
+// path client → broker → some server → client works, and how fast. The
+// service name "amqprpc" is reserved for it (PROTOCOL.md, "Serving"): a
+// service registered under that name is not reachable. The amqprpc
+// command's ping subcommand calls it.
+const PingMethod = reservedService + ".Ping"
+
+// reservedService is the service name of amqprpc's own methods.
+const reservedService = "amqprpc"
+
 // Error replies that the server itself makes, rather than a handler, say
 // what they are in headerErrorCode, which a handler cannot set: a client
 // then returns the matching error value, not the text.

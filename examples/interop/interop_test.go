@@ -145,6 +145,11 @@ func TestGoClientCallsPythonServer(t *testing.T) {
 	err = msgpackClient.CallContext(ctx, "Arith.Add", Args{A: 2, B: 3}, &sum)
 	require.ErrorAs(t, err, &serverErr)
 	assert.Equal(t, `request has unknown content type "application/msgpack"`, string(serverErr))
+
+	// But it answers the reserved ping in any content type, as Go servers do.
+	var echo string
+	require.NoError(t, msgpackClient.CallContext(ctx, amqprpc.PingMethod, "hi", &echo))
+	assert.Equal(t, "hi", echo)
 }
 
 // startPythonServer runs examples/python/server.py for namespace ns until t

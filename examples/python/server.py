@@ -8,6 +8,7 @@ serves until interrupted. Arith has the methods of Go's net/rpc example:
 
     Arith.Add     {"A": int, "B": int} -> A + B
     Arith.Divide  {"A": int, "B": int} -> {"Quo": A / B, "Rem": A % B}, an error if B is 0
+    amqprpc.Ping  anything -> the same bytes, in the same content type (as every amqprpc server)
     Trace.Parent  anything -> {"TraceID": ..., "ParentID": ...}: the caller's span, read from the
                   W3C traceparent header that a Go client with OpenTelemetry sends (PROTOCOL.md,
                   "Trace context"); an error if the request has none
@@ -91,6 +92,11 @@ def main():
             expiration=req.expiration,  # a reply is worth no more than its request
         )
         malformed = False
+        if req.type == "amqprpc.Ping":  # the reserved echo (PROTOCOL.md, "The reserved service amqprpc")
+            reply.content_type = req.content_type
+            ch.basic_publish(response_exchange, req.reply_to, body, reply)
+            ch.basic_ack(deliver.delivery_tag)
+            return
         try:
             media_type = (req.content_type or "").split(";")[0].strip().lower()
             if media_type != "application/json":
