@@ -1,7 +1,9 @@
-# make test  — bring up a broker and run the whole suite with -race, vet and gofmt;
-#              oteltest/ (a module of its own, so that the OpenTelemetry
-#              SDK stays out of amqprpc's go.mod) checks traces and metrics.
-# make demo  — bring up a broker and run the tutorial: two servers and a client.
+# make test  — bring up a broker and run the whole suite with -race, vet and gofmt,
+#              with the modules bench/, oteltest/ (traces and metrics) and
+#              cmd/amqprpc (the command, run as a binary).
+# make demo  — bring up a broker and run the tutorial: two servers and a client,
+#              then the amqprpc command against them.
+# make install — install the amqprpc command (cmd/amqprpc).
 # make bench — bring up a broker and print the comparison table (amqprpc vs
 #              hand-written amqp091-go, plain and with amqprpc's broker
 #              features, vs net/rpc over TCP); BENCHFLAGS adds flags.
@@ -17,8 +19,11 @@
 
 AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 # Modules of their own beside the library's, so that what only they need
-# (the OpenTelemetry SDK) stays out of amqprpc's go.mod.
-MODULES = bench oteltest
+# (the OpenTelemetry SDK, a CLI library) stays out of amqprpc's go.mod. The
+# command's tests need the management plugin (status), which only the 3.10
+# broker of make test has: test-4x runs the others.
+MODULES4 = bench oteltest
+MODULES = bench oteltest cmd/amqprpc
 export AMQP_URL
 GO ?= go
 
@@ -27,7 +32,7 @@ GO ?= go
 FUZZTIME ?= 50000x
 FUZZERS = FuzzMsgPack FuzzJSON FuzzGob
 
-.PHONY: all broker test test-4x test-cluster lint fuzz demo bench clean
+.PHONY: all broker test test-4x test-cluster lint fuzz demo bench install clean
 
 all: test
 
@@ -56,7 +61,7 @@ test-4x: lint
 	@bash scripts/rabbitmq4.sh start
 	AMQP_URL=$$(bash scripts/rabbitmq4.sh url) AMQPRPC_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
 	  AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 10m ./...
-	for m in $(MODULES); do (cd $$m && AMQP_URL=$$(bash ../scripts/rabbitmq4.sh url) AMQPRPC_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
+	for m in $(MODULES4); do (cd $$m && AMQP_URL=$$(bash $(CURDIR)/scripts/rabbitmq4.sh url) AMQPRPC_RABBITMQCTL="$(CURDIR)/scripts/rabbitmq4.sh ctl" \
 	  AMQPRPC_REQUIRE_BROKER=1 $(GO) test -p 1 -race -count=1 -timeout 5m ./...) || exit 1; done
 
 # The cluster tests are behind the build tag "cluster": the other test runs
@@ -79,7 +84,12 @@ bench: broker
 demo: broker
 	@mkdir -p bin
 	$(GO) build -o bin/ ./examples/tutorial/server ./examples/tutorial/client
+	cd cmd/amqprpc && $(GO) build -o ../../bin/amqprpc .
 	@bash scripts/demo.sh
+
+# install puts the amqprpc command in $(GOBIN) (or ~/go/bin).
+install:
+	cd cmd/amqprpc && $(GO) install .
 
 clean:
 	rm -rf bin

@@ -6,7 +6,8 @@
 #   2. an installed rabbitmq-server is started with -detached;
 #   3. rabbitmq-server is installed with apt-get (as root, or through sudo), then started;
 #   4. otherwise it prints how to get a broker and exits 1.
-# It is idempotent and prints nothing when the broker is already up.
+# On a broker of this machine it also enables the management plugin (for `amqprpc status`).
+# It is idempotent, and prints nothing when the broker is already up with its management plugin.
 set -euo pipefail
 
 url=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
@@ -32,7 +33,24 @@ wait_ready() {
   return 1
 }
 
-reachable && exit 0
+# The management plugin, on a broker of this machine: the amqprpc command's status subcommand
+# reads its HTTP API (port 15672), and its tests need it. Enabling it is remembered by the node.
+enable_management() {
+  local plugins
+  plugins=$(PATH=$PATH:/usr/sbin:/usr/lib/rabbitmq/bin command -v rabbitmq-plugins) || return 0
+  [[ $host == 127.0.0.1 || $host == localhost ]] || return 0
+  local sudo=()
+  [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo=(sudo -n)
+  if ! "${sudo[@]}" "$plugins" -q is_enabled rabbitmq_management >/dev/null 2>&1; then
+    echo "broker.sh: enabling the management plugin (once per machine)..." >&2
+    "${sudo[@]}" "$plugins" -q enable rabbitmq_management >/dev/null
+  fi
+}
+
+if reachable; then
+  enable_management
+  exit 0
+fi
 
 local_host() { [[ $host == 127.* || $host == localhost || $host == "::1" ]]; }
 if ! local_host; then
@@ -85,3 +103,5 @@ if ! wait_ready; then
   echo "broker.sh: rabbitmq-server did not come up on $host:$port within 120 s; see /var/log/rabbitmq/." >&2
   exit 1
 fi
+
+enable_management
