@@ -16,7 +16,7 @@ bin/server & pids+=($!)
 bin/server & pids+=($!)
 bin/client
 # The same namespace from a terminal, as a user would poke it (cmd/amqprpc).
-echo '$ amqprpc call math Math.SumNumbers [1,2,3,4]'
+echo "\$ amqprpc call math Math.SumNumbers '[1,2,3,4]'"
 bin/amqprpc call math Math.SumNumbers '[1,2,3,4]'
 echo '$ amqprpc ping math -n 100 -c 4'
 bin/amqprpc ping math -n 100 -c 4
