@@ -170,13 +170,15 @@ func measure(cfg *config, contenders []started, conc, size int) ([]bench.Result,
 // printPoint prints one point's rows and returns its lines of the
 // targets summary.
 func printPoint(out io.Writer, contenders []started, sums []bench.Result, conc, size int) (summary []string) {
-	var floor, like bench.Result
+	var floor, like, peer bench.Result
 	for i := range sums {
 		switch contenders[i].short {
 		case "floor":
 			floor = sums[i]
 		case "floorlike":
 			like = sums[i]
+		case "peer":
+			peer = sums[i]
 		}
 	}
 	// vsLike says how amqprpc compares with the hand-written code that
@@ -188,7 +190,11 @@ func printPoint(out io.Writer, contenders []started, sums []bench.Result, conc, 
 		case latency:
 			return fmt.Sprintf("; %.2f× the floor with the same broker features", float64(r.P50)/float64(like.P50))
 		}
-		return fmt.Sprintf("; %.2f× the floor with the same broker features", r.CallsPerSecond()/like.CallsPerSecond())
+		text := fmt.Sprintf("; %.2f× the floor with the same broker features (fallback target ≥ 1.15)", r.CallsPerSecond()/like.CallsPerSecond())
+		if peer.Calls > 0 {
+			text += fmt.Sprintf("; %.2f× the peer", r.CallsPerSecond()/peer.CallsPerSecond())
+		}
+		return text
 	}
 	for _, r := range sums {
 		ratio := "—"
@@ -202,11 +208,12 @@ func printPoint(out io.Writer, contenders []started, sums []bench.Result, conc, 
 		}
 		switch {
 		case conc == 64 && size <= 1024:
-			summary = append(summary, fmt.Sprintf("- 64 callers, %s: throughput %.2f× the floor (target ≥ 0.90)%s", bytesize(size), r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
+			summary = append(summary, fmt.Sprintf("- 64 callers, %s: throughput %.2f× the floor (target ≥ 1.00)%s; %.0f allocs/call (target ≤ 160)",
+				bytesize(size), r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false), r.AllocsPerCall))
 		case conc == 1 && size == 16:
-			summary = append(summary, fmt.Sprintf("- 1 caller, 16 B: p50 %.2f× the floor's (target ≤ 1.10)%s", float64(r.P50)/float64(floor.P50), vsLike(r, true)))
+			summary = append(summary, fmt.Sprintf("- 1 caller, 16 B: p50 %.2f× the floor's (target ≤ 1.05)%s", float64(r.P50)/float64(floor.P50), vsLike(r, true)))
 		case size == 64<<10 && conc == 64:
-			summary = append(summary, fmt.Sprintf("- 64 callers, 64 KiB: throughput %.2f× the floor (target ≥ 0.90)%s", r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
+			summary = append(summary, fmt.Sprintf("- 64 callers, 64 KiB: throughput %.2f× the floor (target ≥ 0.95)%s", r.CallsPerSecond()/floor.CallsPerSecond(), vsLike(r, false)))
 		}
 	}
 	return summary
