@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,28 +14,79 @@ import (
 // every Linux architecture Go supports.
 const clockTicks = 100
 
-// BrokerPID finds a RabbitMQ node running on this machine (its Erlang VM,
-// beam.smp) and returns its process id, or 0 when there is none or /proc
-// cannot be read: the broker may be remote, and then its CPU is not
-// measured. It does not check that the benchmark's URL points at it, and
-// the node's CPU is all of it, whoever its other clients are.
-func BrokerPID() int {
+// BrokerPID finds the RabbitMQ node of this machine that listens on the
+// port of url (its Erlang VM, beam.smp, owning the listening socket) and
+// returns its process id, or 0 when there is none or /proc cannot be read:
+// the broker may be remote, and then its CPU is not measured. Several nodes
+// may run at once (the 3.10 node, the 4.3 one, a cluster): the port tells
+// them apart. The node's CPU is all of it, whoever its other clients are.
+func BrokerPID(url string) int {
+	port := brokerPort(url)
+	if port == 0 {
+		return 0
+	}
+	inodes := listeningInodes(port)
+	if len(inodes) == 0 {
+		return 0
+	}
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		comm, err := os.ReadFile(filepath.Join(d, "comm"))
 		if err != nil || !bytes.HasPrefix(comm, []byte("beam")) {
 			continue
 		}
-		// The node boots with "-s rabbit boot"; rabbitmqctl and the other
-		// command-line tools run on beam too, but do not.
-		cmd, _ := os.ReadFile(filepath.Join(d, "cmdline"))
-		if !bytes.Contains(cmd, []byte("-s\x00rabbit\x00boot")) {
-			continue
+		fds, _ := os.ReadDir(filepath.Join(d, "fd"))
+		for _, fd := range fds {
+			link, err := os.Readlink(filepath.Join(d, "fd", fd.Name()))
+			if err == nil && inodes[link] {
+				pid, _ := strconv.Atoi(filepath.Base(d))
+				return pid
+			}
 		}
-		pid, _ := strconv.Atoi(filepath.Base(d))
-		return pid
 	}
 	return 0
+}
+
+// brokerPort is the port of an amqp:// or amqps:// URL (the first of a
+// comma-separated list), with the scheme's default.
+func brokerPort(rawURL string) int {
+	u, err := neturl.Parse(strings.TrimSpace(strings.Split(rawURL, ",")[0]))
+	if err != nil {
+		return 0
+	}
+	if p := u.Port(); p != "" {
+		n, _ := strconv.Atoi(p)
+		return n
+	}
+	if u.Scheme == "amqps" {
+		return 5671
+	}
+	return 5672
+}
+
+// listeningInodes returns the socket inodes, as /proc/<pid>/fd links name
+// them ("socket:[123]"), of the TCP sockets listening on port.
+func listeningInodes(port int) map[string]bool {
+	inodes := map[string]bool{}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			// local_address is HEXIP:HEXPORT; st 0A is LISTEN; inode is field 9.
+			if len(f) < 10 || f[3] != "0A" {
+				continue
+			}
+			i := strings.LastIndexByte(f[1], ':')
+			p, err := strconv.ParseInt(f[1][i+1:], 16, 32)
+			if err == nil && int(p) == port {
+				inodes["socket:["+f[9]+"]"] = true
+			}
+		}
+	}
+	return inodes
 }
 
 // ProcessCPU returns the user+sys time that process pid has used so far, at

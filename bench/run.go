@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -40,7 +41,7 @@ func Run(c Contender, name string, concurrency, bodySize int, warmup, d time.Dur
 	runtime.GC()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
-	pid := brokerPID()
+	pid := BrokerPID(BrokerURL)
 	cpu0, bcpu0 := cpuTime(), ProcessCPU(pid)
 	start := time.Now()
 	lat, calls, err := drive(c, body, concurrency, d)
@@ -108,7 +109,14 @@ func drive(c Contender, body []byte, concurrency int, d time.Duration) ([]time.D
 	return all, len(all), nil
 }
 
-var brokerPID = sync.OnceValue(BrokerPID)
+// BrokerURL is the broker whose CPU Run reads (see BrokerPID): AMQP_URL,
+// or the local default. The command sets it from its -url flag.
+var BrokerURL = func() string {
+	if u := os.Getenv("AMQP_URL"); u != "" {
+		return u
+	}
+	return "amqp://guest:guest@127.0.0.1:5672/"
+}()
 
 func cpuTime() time.Duration {
 	var ru syscall.Rusage

@@ -57,6 +57,7 @@ func run(args []string, out io.Writer) (err error) {
 			}
 		}
 	}()
+	bench.BrokerURL = cfg.url // whose CPU is read
 	for _, f := range cfg.factories {
 		if cfg.only != "" && !strings.Contains(f.Name, cfg.only) {
 			continue
