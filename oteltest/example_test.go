@@ -24,7 +24,11 @@ import (
 // them to a collector (OTLP) or serves them to Prometheus.
 func Example() {
 	ctx := context.Background()
-	spans, err := stdouttrace.New(stdouttrace.WithWriter(os.Stderr))
+	// Look in what it prints (on standard error) for two spans named
+	// Arith/Add: the server's (SpanKind 2) has as Parent.SpanID the
+	// client's (SpanKind 3) SpanID, in one TraceID: one trace across the
+	// broker.
+	spans, err := stdouttrace.New(stdouttrace.WithWriter(os.Stderr), stdouttrace.WithPrettyPrint())
 	if err != nil {
 		log.Fatal(err)
 	}

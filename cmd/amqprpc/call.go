@@ -56,16 +56,16 @@ per reply, until --want replies came or --timeout ended the wait.
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			opts := []amqprpc.Option{amqprpc.WithCodec(cd), amqprpc.WithCallTimeout(timeout)}
+			opts := []amqprpc.Option{amqprpc.WithCodec(cd), amqprpc.WithCallTimeout(timeout), cliReplyQueue}
 			if all {
 				if to != "" {
 					return exit(exitUsage, errors.New("--to and --all: a broadcast has no routing key"))
 				}
-				return callAll(ctx, g, ns, method, value, want, opts)
+				return callAll(cmd.Context(), ctx, g, ns, method, value, want, opts)
 			}
 			client, err := amqprpc.Dial(g.url, ns, opts...)
 			if err != nil {
-				return exit(exitUnreachable, fmt.Errorf("connecting to %s: %w", redact(g.url), err))
+				return dialError(g.url, err)
 			}
 			defer client.Close()
 			var call any = value
@@ -89,16 +89,18 @@ per reply, until --want replies came or --timeout ended the wait.
 	return cmd
 }
 
-// callAll broadcasts method and prints one line per reply.
-func callAll(ctx context.Context, g *globals, ns, method string, value any, want int, opts []amqprpc.Option) error {
+// callAll broadcasts method and prints one line per reply, until want
+// replies came or ctx (the timeout, within parent) ended; fewer than want
+// is a timeout (exit 3), after the lines of those that came.
+func callAll(parent, ctx context.Context, g *globals, ns, method string, value any, want int, opts []amqprpc.Option) error {
 	client, err := fanout.Dial(g.url, ns, opts...)
 	if err != nil {
-		return exit(exitUnreachable, fmt.Errorf("connecting to %s: %w", redact(g.url), err))
+		return dialError(g.url, err)
 	}
 	defer client.Close()
 	results, err := client.CallAll(ctx, method, value, func() any { return new(any) }, want)
 	if err != nil && len(results) == 0 {
-		return callError(ctx, err)
+		return callError(parent, err)
 	}
 	failed := 0
 	for _, r := range results {
@@ -112,7 +114,12 @@ func callAll(ctx context.Context, g *globals, ns, method string, value any, want
 		}
 	}
 	fmt.Fprintf(g.stderr, "%d replies, %d of them errors\n", len(results), failed)
-	if failed > 0 {
+	switch {
+	case parent.Err() != nil:
+		return exit(exitInterrupted, nil)
+	case want > 0 && len(results) < want:
+		return exit(exitTimeout, fmt.Errorf("%d of the %d replies wanted came within --timeout", len(results), want))
+	case failed > 0:
 		return exit(exitRemote, nil)
 	}
 	return nil
@@ -134,6 +141,12 @@ func callError(parent context.Context, err error) error {
 	}
 	return exit(exitLocal, err)
 }
+
+// cliReplyQueue makes the reply queue of a command's client expire soon
+// after the command ends (the broker deletes it 10 s after its last
+// consumer), not after the library's default 5 minutes: a shell session
+// makes many short-lived clients.
+var cliReplyQueue = amqprpc.WithReplyQueueExpiry(10 * time.Second)
 
 func parseCodec(name string) (codec.Codec, error) {
 	switch strings.ToLower(name) {

@@ -27,6 +27,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/amqprpc/amqprpc"
 )
 
 // Exit codes, as documented in the root command's help.
@@ -49,7 +51,8 @@ const exitCodesHelp = `Exit codes:
   4    no route: no queue takes the call (ErrNoRoute), or its queue is unavailable
   5    the broker cannot be reached
   6    another failure of the client's own (refused by the broker, unreadable reply, ...)
-  130  interrupted (Ctrl-C)`
+  130  interrupted (Ctrl-C) during a call or a ping; Ctrl-C ends
+       serve-echo and status --watch with 0`
 
 // exitError is an error that ends the command with its own exit code.
 type exitError struct {
@@ -66,6 +69,17 @@ func (e *exitError) Error() string {
 func (e *exitError) Unwrap() error { return e.err }
 
 func exit(code int, err error) error { return &exitError{code: code, err: err} }
+
+// dialError is the exit of a Dial or NewServer that failed: the broker
+// could not be reached (5), or it refused the namespace's declarations, as
+// when a direct namespace is used as a fanout one or the other way round
+// (6).
+func dialError(url string, err error) error {
+	if errors.Is(err, amqprpc.ErrNamespaceConflict) {
+		return exit(exitLocal, fmt.Errorf("%w (a fanout namespace takes call --all; ping and call need a direct one)", err))
+	}
+	return exit(exitUnreachable, fmt.Errorf("connecting to %s: %w", redact(url), err))
+}
 
 // globals are the flags every subcommand has.
 type globals struct {
@@ -96,7 +110,14 @@ never printed.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&g.url, "url", defaultURL(), "broker URL (default from AMQP_URL)")
+	// The default is resolved when the command runs, so that --help never
+	// prints a password from AMQP_URL.
+	root.PersistentFlags().StringVar(&g.url, "url", "", "broker URL (default: AMQP_URL, or amqp://guest:guest@127.0.0.1:5672/)")
+	root.PersistentPreRun = func(*cobra.Command, []string) {
+		if g.url == "" {
+			g.url = defaultURL()
+		}
+	}
 	root.SetIn(g.stdin)
 	root.SetOut(g.stdout)
 	root.SetErr(g.stderr)

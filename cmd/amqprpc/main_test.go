@@ -198,6 +198,22 @@ func TestCallAll(t *testing.T) {
 	r = runCmd(t, "", "call", "--all", "--timeout", "1s", ns, "Echo.Fail", `"no"`)
 	assert.Equal(t, 1, r.code)
 	assert.Equal(t, "error: no\nerror: no\nerror: no\n", r.stdout)
+
+	// Fewer replies than wanted, or none, within --timeout: a timeout, not
+	// an interruption.
+	r = runCmd(t, "", "call", "--all", "--want", "4", "--timeout", "1s", ns, "Echo.Echo", `1`)
+	assert.Equal(t, 3, r.code, r.stderr)
+	assert.Equal(t, "1\n1\n1\n", r.stdout)
+	assert.Contains(t, r.stderr, "3 of the 4 replies wanted came within --timeout")
+	r = runCmd(t, "", "call", "--all", "--timeout", "500ms", ns, "Echo.Sleep", `3000`)
+	assert.Equal(t, 3, r.code, r.stderr)
+
+	// A fanout namespace called as a direct one: the broker refuses the
+	// declarations, which is not "unreachable".
+	r = runCmd(t, "", "call", ns, "Echo.Echo", `1`)
+	assert.Equal(t, 6, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "namespace conflict")
+	assert.Contains(t, r.stderr, "call --all")
 }
 
 func TestPing(t *testing.T) {
@@ -241,6 +257,16 @@ func TestStatus(t *testing.T) {
 	assert.Regexp(t, ns+`\s+rpc_`+ns+`_request\s+requests\s+-\s+0\s+-\s+1`, r.stdout, "what AMQP tells")
 	r = runCmd(t, "", "status", "--mgmt", "http://127.0.0.1:1/")
 	assert.Equal(t, 2, r.code, "without the management API, namespaces must be named")
+}
+
+// --help shows no password, whatever AMQP_URL holds.
+func TestHelpHidesPasswords(t *testing.T) {
+	c := exec.Command(bin, "call", "--help")
+	c.Env = append(os.Environ(), "AMQP_URL=amqp://bob:s3cret@127.0.0.1:5672/")
+	out, err := c.CombinedOutput()
+	require.NoError(t, err)
+	assert.NotContains(t, string(out), "s3cret")
+	assert.Contains(t, string(out), "--url string")
 }
 
 func TestVersion(t *testing.T) {

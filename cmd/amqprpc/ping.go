@@ -39,9 +39,9 @@ shows long runs on a terminal. Ctrl-C stops it and prints what was measured.
 			if n < 1 || c < 1 || size < 0 {
 				return exit(exitUsage, fmt.Errorf("-n %d -c %d --size %d: n and c at least 1, size at least 0", n, c, size))
 			}
-			client, err := amqprpc.Dial(g.url, args[0], amqprpc.WithCallTimeout(timeout))
+			client, err := amqprpc.Dial(g.url, args[0], amqprpc.WithCallTimeout(timeout), cliReplyQueue)
 			if err != nil {
-				return exit(exitUnreachable, fmt.Errorf("connecting to %s: %w", redact(g.url), err))
+				return dialError(g.url, err)
 			}
 			defer client.Close()
 			fmt.Fprintf(g.stdout, "PING %s via %s: %d calls, %d callers, %d bytes each\n", args[0], redact(g.url), n, c, size)

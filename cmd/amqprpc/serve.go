@@ -58,13 +58,13 @@ namespace, where every server gets every call (try call --all).`,
 			if fan {
 				s, err := fanout.NewServer(g.url, ns, services)
 				if err != nil {
-					return exit(exitUnreachable, fmt.Errorf("connecting to %s: %w", redact(g.url), err))
+					return dialError(g.url, err)
 				}
 				serve, closeServer = func() error { return s.Serve(cmd.Context()) }, s.Close
 			} else {
 				s, err := amqprpc.NewServer(g.url, ns, services)
 				if err != nil {
-					return exit(exitUnreachable, fmt.Errorf("connecting to %s: %w", redact(g.url), err))
+					return dialError(g.url, err)
 				}
 				serve, closeServer = func() error { return s.Serve(cmd.Context()) }, s.Close
 			}

@@ -339,6 +339,10 @@ func (r *statusReport) print(w io.Writer) {
 	}
 	_ = tw.Flush()
 	for _, ns := range r.Namespaces {
+		if ns.RequestQueue == nil && r.Source != "management" {
+			fmt.Fprintf(w, "%s: no request queue (a fanout namespace's servers, or none: without the management API they cannot be counted)\n", ns.Namespace)
+			continue
+		}
 		servers := len(ns.FanoutQueues)
 		if ns.RequestQueue != nil {
 			servers = ns.RequestQueue.Consumers
