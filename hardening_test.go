@@ -37,8 +37,8 @@ func (e *Echo) Fail(arg string, reply *string) error {
 }
 
 // loggedTo returns an option that logs to a buffer, and the buffer.
-func loggedTo() (Option, *syncBuffer) {
-	buf := new(syncBuffer)
+func loggedTo() (Option, *brokertest.Buffer) {
+	buf := new(brokertest.Buffer)
 	return WithLogger(slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))), buf
 }
 

@@ -1,7 +1,6 @@
 package amqprpc
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -17,24 +16,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // A black-holed connection (open, but nothing gets through either way) is
 // noticed by the heartbeat, and once the network is back the client
 // reconnects and the call made meanwhile completes within its deadline.
@@ -42,7 +23,7 @@ func TestBlackHoledConnection(t *testing.T) {
 	ns := brokertest.Namespace(t)
 	proxy, viaProxy := brokertest.NewProxy(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
-	var logs syncBuffer
+	var logs brokertest.Buffer
 	c, err := Dial(viaProxy, ns, WithHeartbeat(time.Second),
 		WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
 	require.NoError(t, err)
@@ -105,7 +86,7 @@ func TestCallWhileDisconnected(t *testing.T) {
 	proxy, viaProxy := brokertest.NewProxy(t)
 	ledger := new(Ledger)
 	startServer(t, ns, newRPCServer(t, ledger))
-	var logs syncBuffer
+	var logs brokertest.Buffer
 	c, err := Dial(viaProxy, ns, WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, c.Close()) })

@@ -23,14 +23,9 @@ type rawPeer struct {
 }
 
 func newRawPeer(t *testing.T, ns string) *rawPeer {
-	ch := brokertest.Channel(t)
 	n, _ := newNames(ns, &options{})
-	require.NoError(t, n.requestSide(nil)(ch))
-	q, err := ch.QueueDeclare("", false, true, true, false, nil) // exclusive
-	require.NoError(t, err)
-	require.NoError(t, ch.QueueBind(q.Name, "rawpeer", n.responseExchange, false, nil))
-	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	require.NoError(t, err)
+	require.NoError(t, n.requestSide(nil)(brokertest.Channel(t)))
+	ch, replies := brokertest.Replies(t, ns, "rawpeer")
 	return &rawPeer{t: t, ns: ns, ch: ch, replies: replies}
 }
 

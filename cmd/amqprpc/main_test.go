@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -63,28 +62,10 @@ func runCmd(t *testing.T, stdin string, args ...string) result {
 	return result{out.String(), errOut.String(), code}
 }
 
-// lockedBuffer is a process's output, read while it runs.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // started is a command running in the background.
 type started struct {
 	cmd     *exec.Cmd
-	out     *lockedBuffer
+	out     *brokertest.Buffer
 	exited  chan struct{}
 	checked bool // interrupt checked its exit code
 }
@@ -95,7 +76,7 @@ func start(t *testing.T, ready string, args ...string) *started {
 	t.Helper()
 	c := exec.Command(bin, args...)
 	c.Env = append(os.Environ(), "AMQP_URL="+brokertest.URL())
-	s := &started{cmd: c, out: &lockedBuffer{}, exited: make(chan struct{})}
+	s := &started{cmd: c, out: &brokertest.Buffer{}, exited: make(chan struct{})}
 	c.Stdout, c.Stderr = s.out, s.out
 	require.NoError(t, c.Start())
 	go func() { _ = c.Wait(); close(s.exited) }()

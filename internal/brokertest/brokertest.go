@@ -4,6 +4,7 @@
 package brokertest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -160,6 +162,41 @@ func Channel(t testing.TB) *amqp.Channel {
 	ch, err := conn.Channel()
 	require.NoError(t, err)
 	return ch
+}
+
+// Replies returns the replies that namespace ns's servers send to
+// routing key (a reply_to), as a foreign client would receive them: an
+// exclusive queue bound on ns's response exchange, consumed with
+// auto-ack on ch, which it returns for publishing requests.
+func Replies(t testing.TB, ns, key string) (*amqp.Channel, <-chan amqp.Delivery) {
+	t.Helper()
+	ch := Channel(t)
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	require.NoError(t, err)
+	require.NoError(t, ch.QueueBind(q.Name, key, "rpc_"+ns+"_response", false, nil))
+	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	require.NoError(t, err)
+	return ch, replies
+}
+
+// Buffer is an output (a log, a process's stdout) that tests read while
+// others write to it: safe for concurrent use.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // QueueDepth is the number of ready messages in queue.
