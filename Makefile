@@ -23,7 +23,7 @@ AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 # command's tests need the management plugin (status), which only the 3.10
 # broker of make test has: test-4x runs the others.
 MODULES4 = bench oteltest
-MODULES = bench oteltest cmd/amqprpc
+MODULES = $(MODULES4) cmd/amqprpc
 export AMQP_URL
 GO ?= go
 

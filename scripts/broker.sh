@@ -33,17 +33,21 @@ wait_ready() {
   return 1
 }
 
+local_host() { [[ $host == 127.* || $host == localhost || $host == "::1" ]]; }
+sudo_cmd=()
+[[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo_cmd=(sudo -n)
+
 # The management plugin, on a broker of this machine: the amqprpc command's status subcommand
 # reads its HTTP API (port 15672), and its tests need it. Enabling it is remembered by the node.
+# Best effort: without the rights to enable it, the broker still serves everything but status.
 enable_management() {
   local plugins
   plugins=$(PATH=$PATH:/usr/sbin:/usr/lib/rabbitmq/bin command -v rabbitmq-plugins) || return 0
-  [[ $host == 127.0.0.1 || $host == localhost ]] || return 0
-  local sudo=()
-  [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo=(sudo -n)
-  if ! "${sudo[@]}" "$plugins" -q is_enabled rabbitmq_management >/dev/null 2>&1; then
+  local_host || return 0
+  if ! "${sudo_cmd[@]}" "$plugins" -q is_enabled rabbitmq_management >/dev/null 2>&1; then
     echo "broker.sh: enabling the management plugin (once per machine)..." >&2
-    "${sudo[@]}" "$plugins" -q enable rabbitmq_management >/dev/null
+    "${sudo_cmd[@]}" "$plugins" -q enable rabbitmq_management >/dev/null ||
+      echo "broker.sh: could not enable the management plugin; amqprpc status will say so" >&2
   fi
 }
 
@@ -52,14 +56,10 @@ if reachable; then
   exit 0
 fi
 
-local_host() { [[ $host == 127.* || $host == localhost || $host == "::1" ]]; }
 if ! local_host; then
   echo "broker.sh: $host:$port is not reachable, and it is not this machine: start the broker there." >&2
   exit 1
 fi
-
-sudo_cmd=()
-[[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo_cmd=(sudo -n)
 
 if ! command -v rabbitmq-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/rabbitmq-server ]]; then
   if command -v apt-get >/dev/null 2>&1 && { [[ $(id -u) -eq 0 ]] || ((${#sudo_cmd[@]})); }; then
@@ -73,7 +73,7 @@ if ! command -v rabbitmq-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/rabbitmq-se
 broker.sh: no RabbitMQ at $host:$port and no way to install one here.
 Get one of:
   - Debian/Ubuntu:  sudo apt-get install rabbitmq-server && sudo rabbitmq-server -detached
-  - a container:    docker run -d -p 5672:5672 rabbitmq:3
+  - a container:    docker run -d -p 5672:5672 -p 15672:15672 rabbitmq:3-management
 then run again, or point AMQP_URL at a broker you have.
 MSG
     exit 1
