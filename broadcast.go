@@ -3,7 +3,6 @@ package amqprpc
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/rpc"
 	"sync"
 	"sync/atomic"
@@ -80,15 +79,11 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 	cc := c.codec
 	// One span for the broadcast, with an event per reply; it fails only
 	// when no reply came.
-	cs := cc.tel.startCall(ctx, serviceMethod)
-	defer func() { cc.tel.end(&cs, serviceMethod, err, errorTypeOf(err), -1) }()
-	_, inner := cc.routes.route(serviceMethod, args)
-	data, err := cc.codec.Marshal(inner)
+	cs := cc.tel.startCall(ctx, cc.tel.method(serviceMethod, true))
+	defer func() { cc.tel.end(&cs, cs.m, err, errorTypeOf(err), -1) }()
+	_, data, err := cc.encodeArgs(serviceMethod, args) // a broadcast has no routing key
 	if err != nil {
-		return nil, fmt.Errorf("amqprpc: encoding args of %s: %w", serviceMethod, err)
-	}
-	if len(data) > cc.maxBody {
-		return nil, fmt.Errorf("%w: args of %s encode to %d bytes, over the limit of %d (WithMaxBodySize)", ErrTooLarge, serviceMethod, len(data), cc.maxBody)
+		return nil, err
 	}
 
 	g := &gather{ready: make(chan struct{}, 1)}
@@ -103,22 +98,11 @@ func (c *Client) callAll(ctx context.Context, serviceMethod string, args any, ne
 	}()
 
 	id := correlationID(cc.gatherPrefix, seq)
-	cc.tel.recordRequestSize(cs.ctx, serviceMethod, len(data))
-	if cs.span.IsRecording() {
-		cs.describe(messageAttrs(serviceMethod, cc.requestExchange, "", id, id, len(data), semconv.MessagingOperationTypeSend),
-			semconv.MessagingClientID(cc.replyTo))
-	}
+	cc.describeSend(&cs, "", cc.gatherPrefix, seq, len(data))
 	msg := cc.request("", id, serviceMethod, data, deadline)
 	cc.tel.inject(cs.ctx, &msg.Publishing)
 	err = cc.pub.Publish(msg, func(o transport.Outcome) {
-		switch o {
-		case transport.Acked:
-			cs.event(eventConfirmed)
-		case transport.Returned:
-			cs.event(eventReturned)
-		case transport.Nacked:
-			cs.event(eventNacked)
-		}
+		cs.outcomeEvent(o)
 		if err := cc.outcomeError(o, "", cc.requestExchange); err != nil {
 			g.add(amqp.Delivery{}, err)
 		}
@@ -170,11 +154,3 @@ func (c *clientCodec) decodeResult(d *amqp.Delivery, newReply func() any) link.R
 	reply := newReply()
 	return link.Result{Reply: reply, Err: c.decodeReply(d, reply)}
 }
-
-// ignoreLimit is how many times a direct request may be ignored
-// (ErrIgnoreRequest) before its caller is told that no server took it.
-const ignoreLimit = 10
-
-// headerIgnored counts, on a request put back after ErrIgnoreRequest, how
-// many times servers ignored it.
-const headerIgnored = "x-amqprpc-ignored"

@@ -18,9 +18,13 @@ import (
 // signatures); CallContext adds a context. A Client is safe for concurrent
 // use by many goroutines.
 type Client struct {
-	rc        *rpc.Client // over codec
-	codec     *clientCodec
-	conn      *transport.Conn // consuming; also for queue management
+	rc    *rpc.Client // over codec
+	codec *clientCodec
+	conn  *transport.Conn // consuming; also for queue management
+	// closing is held for reading by start, from its closed check until the
+	// call's args are back in call.Args, and for writing by Close: net/rpc
+	// never fails a call for Close while start still writes it.
+	closing   sync.RWMutex
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -151,6 +155,8 @@ func (c *Client) Go(serviceMethod string, args, reply any, done chan *rpc.Call) 
 // the default call timeout).
 func (c *Client) start(ctx context.Context, serviceMethod string, args, reply any, deadline time.Time, done chan *rpc.Call) (*rpc.Call, *callInfo) {
 	info := &callInfo{ctx: ctx, args: args, reply: reply, deadline: deadline}
+	c.closing.RLock()
+	defer c.closing.RUnlock()
 	if c.codec.isClosed() {
 		// net/rpc would fail it before Go returns, with the envelope in
 		// call.Args for whoever reads done meanwhile: fail it as net/rpc
@@ -230,6 +236,8 @@ func (c *Client) Dropped() uint64 { return c.codec.dropped.Load() }
 // use; later calls return nil.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
+		c.closing.Lock() // no start is between its check and attach
+		defer c.closing.Unlock()
 		err := c.rc.Close() // closes the codec, which closes the connections
 		if errors.Is(err, rpc.ErrShutdown) {
 			err = nil

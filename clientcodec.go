@@ -178,31 +178,19 @@ func (c *clientCodec) writeRequest(r *rpc.Request, body any) error {
 		args, p.info, p.reply, ttl = ca.args, ca.info, ca.info.reply, ca.info.deadline
 		ctx = ca.info.ctx
 	}
-	p.cs = c.tel.startCall(ctx, r.ServiceMethod)
+	p.cs = c.tel.startCall(ctx, c.tel.method(r.ServiceMethod, true))
 	if ttl.IsZero() && c.timeout > 0 {
 		ttl = time.Now().Add(c.timeout)
 		p.deadline = ttl
 	}
 	p.ttl = ttl
-	key, args := c.routes.route(r.ServiceMethod, args)
-	data, err := c.codec.Marshal(args)
-	switch {
-	case err != nil:
-		err = fmt.Errorf("amqprpc: encoding args of %s: %w", r.ServiceMethod, err)
-	case len(data) > c.maxBody:
-		err = fmt.Errorf("%w: args of %s encode to %d bytes, over the limit of %d (WithMaxBodySize)", ErrTooLarge, r.ServiceMethod, len(data), c.maxBody)
-	}
+	key, data, err := c.encodeArgs(r.ServiceMethod, args)
 	if err != nil {
 		c.finish(p, err, -1)
 		return err
 	}
 	p.key, p.body = key, data
-	c.tel.recordRequestSize(p.cs.ctx, r.ServiceMethod, len(data))
-	if p.cs.span.IsRecording() {
-		id := correlationID(c.prefix, r.Seq)
-		p.cs.describe(messageAttrs(r.ServiceMethod, c.requestExchange, key, id, id, len(data), semconv.MessagingOperationTypeSend),
-			semconv.MessagingClientID(c.replyTo))
-	}
+	c.describeSend(&p.cs, key, c.prefix, r.Seq, len(data))
 	if p.info != nil {
 		p.info.seq, p.info.sent = r.Seq, true
 	}
@@ -234,6 +222,34 @@ func (c *clientCodec) writeRequest(r *rpc.Request, body any) error {
 	return nil
 }
 
+// encodeArgs routes and encodes the args of a call of serviceMethod: the
+// routing key (To's, Tune's or "") and the body, which must be within the
+// body size limit (ErrTooLarge).
+func (c *clientCodec) encodeArgs(serviceMethod string, args any) (key string, data []byte, err error) {
+	key, args = c.routes.route(serviceMethod, args)
+	data, err = c.codec.Marshal(args)
+	switch {
+	case err != nil:
+		return "", nil, fmt.Errorf("amqprpc: encoding args of %s: %w", serviceMethod, err)
+	case len(data) > c.maxBody:
+		return "", nil, fmt.Errorf("%w: args of %s encode to %d bytes, over the limit of %d (WithMaxBodySize)", ErrTooLarge, serviceMethod, len(data), c.maxBody)
+	}
+	return key, data, nil
+}
+
+// describeSend records the request of a call, size bytes of body sent
+// with key and the correlation id of prefix and seq (made only if the span
+// records: it costs an allocation), on its span, and its size in the
+// metrics.
+func (c *clientCodec) describeSend(cs *callSpan, key, prefix string, seq uint64, size int) {
+	c.tel.recordRequestSize(cs.ctx, cs.m, size)
+	if cs.span.IsRecording() {
+		id := correlationID(prefix, seq)
+		cs.span.SetAttributes(messageAttrs(cs.m, c.requestExchange, key, id, id, size, semconv.MessagingOperationTypeSend,
+			semconv.MessagingClientID(c.replyTo))...)
+	}
+}
+
 // publish sends pending call p's request; its outcome may end the call.
 func (c *clientCodec) publish(p *pendingCall) error {
 	seq, key := p.seq, p.key
@@ -243,16 +259,11 @@ func (c *clientCodec) publish(p *pendingCall) error {
 		msg.Retried = func() { p.cs.event(eventRetried, retryChannelLost) }
 	}
 	return c.pub.Publish(msg, func(o transport.Outcome) {
+		p.cs.outcomeEvent(o)
 		switch o {
 		case transport.Acked:
 			p.acked.Store(true)
-			p.cs.event(eventConfirmed)
 		case transport.Returned, transport.Nacked:
-			if o == transport.Returned {
-				p.cs.event(eventReturned)
-			} else {
-				p.cs.event(eventNacked)
-			}
 			go c.refused(p, o) // it asks the broker: not on the publisher's goroutine
 			return
 		}
@@ -363,13 +374,10 @@ func (c *clientCodec) forget(seq uint64, err error) {
 	}
 }
 
-// finish ends the telemetry of call p, taken from pending, with err (nil:
-// success) and the size of its reply (< 0: none). Only its first call per
-// call does anything.
+// finish ends the telemetry of call p, taken from pending (so once), with
+// err (nil: success) and the size of its reply (< 0: none).
 func (c *clientCodec) finish(p *pendingCall, err error, replySize int) {
-	if p.ended.CompareAndSwap(false, true) {
-		c.tel.end(&p.cs, p.method, err, errorTypeOf(err), replySize)
-	}
+	c.tel.end(&p.cs, p.cs.m, err, errorTypeOf(err), replySize)
 }
 
 // fail completes seq with a local failure, if it is still pending; it
@@ -428,7 +436,11 @@ func (c *clientCodec) failure(seq uint64, info *callInfo, err error) (r rpc.Resp
 // net/rpc's Go has returned it, and delivers a failure that came first.
 func (c *clientCodec) attach(info *callInfo, call *rpc.Call) {
 	c.mu.Lock()
-	call.Args = info.args
+	if !c.eof {
+		// After EOF net/rpc fails the call itself, maybe already: the
+		// envelope stays in call.Args rather than race with its reader.
+		call.Args = info.args
+	}
 	info.call = call
 	queued := info.deferred
 	switch {
@@ -518,10 +530,9 @@ func (c *clientCodec) ReadResponseHeader(r *rpc.Response) error {
 func (c *clientCodec) end() error {
 	c.mu.Lock()
 	c.eof = true
-	left := make([]*pendingCall, 0, len(c.pending))
-	for _, p := range c.pending {
-		left = append(left, p)
-	}
+	left := c.pending // taken, as take would: nothing completes them again
+	c.pending = make(map[uint64]*pendingCall)
+	c.timeouts = timeoutList{}
 	c.mu.Unlock()
 	for _, p := range left {
 		c.finish(p, rpc.ErrShutdown, -1)

@@ -82,6 +82,13 @@ func (s *Server) register(rcvr any, name string, useName bool) error {
 	}
 	methods := ctxMethods(typ)
 	svc := &ctxService{rcvr: rv, methods: methods}
+	// The context-aware services are checked first: a name taken there
+	// must not leave rcvr registered with net/rpc, unreachable.
+	s.ctxHandlers.mu.Lock()
+	defer s.ctxHandlers.mu.Unlock()
+	if _, dup := s.ctxHandlers.m[sname]; dup {
+		return errors.New("rpc: service already defined: " + sname)
+	}
 	if len(methods) == 0 || hasNetRPCMethods(typ) {
 		// net/rpc checks the rest, and says what is wrong.
 		var err error
@@ -97,11 +104,6 @@ func (s *Server) register(rcvr any, name string, useName bool) error {
 	}
 	if len(methods) == 0 {
 		return nil
-	}
-	s.ctxHandlers.mu.Lock()
-	defer s.ctxHandlers.mu.Unlock()
-	if _, dup := s.ctxHandlers.m[sname]; dup {
-		return errors.New("rpc: service already defined: " + sname)
 	}
 	if s.ctxHandlers.m == nil {
 		s.ctxHandlers.m = make(map[string]*ctxService)
@@ -206,7 +208,9 @@ func (s *Server) callCtx(c *serverCodec, req *request, svc *ctxService, m *ctxMe
 	defer cancel()
 	out := m.fn.Call([]reflect.Value{svc.rcvr, reflect.ValueOf(ctx), argv, replyv})
 	var errText string
-	if err, _ := out[0].Interface().(error); err != nil {
+	if err, _ := out[0].Interface().(error); errors.Is(err, ErrIgnoreRequest) {
+		errText = ErrIgnoreRequest.Error() // wrapped or not: net/rpc's handlers can only return it bare
+	} else if err != nil {
 		errText = err.Error()
 	}
 	_ = c.respond(req, errText, replyv.Interface())

@@ -2,7 +2,9 @@ package amqprpc
 
 import (
 	"context"
+	"fmt"
 	"net/rpc"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,6 +147,35 @@ func TestRegisterContextAware(t *testing.T) {
 	_, m, text := s.ctxHandlers.lookup("Waiter.Nope")
 	assert.Nil(t, m)
 	assert.Equal(t, "rpc: can't find method Waiter.Nope", text)
+
+	// A name taken by context-aware methods is refused before anything is
+	// registered with net/rpc: no half-registered, unreachable service.
+	assert.EqualError(t, s.RegisterName("Waiter", new(Math)), "rpc: service already defined: Waiter")
+	assert.NoError(t, s.rcvr.RegisterName("Waiter", new(Math)), "net/rpc does not have it")
+}
+
+// BusyCtx is a context-aware handler that declines every call with a
+// wrapped ErrIgnoreRequest.
+type BusyCtx struct{ seen atomic.Int32 }
+
+func (b *BusyCtx) Take(_ context.Context, _ string, _ *string) error {
+	b.seen.Add(1)
+	return fmt.Errorf("busy right now: %w", ErrIgnoreRequest)
+}
+
+// A context-aware handler may wrap ErrIgnoreRequest: the request is
+// ignored (put back, then ErrNotTaken), not answered with the text.
+func TestContextAwareHandlerIgnores(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	s := startServer(t, ns, rpc.NewServer())
+	busy := new(BusyCtx)
+	require.NoError(t, s.Register(busy))
+	c := dial(t, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := c.CallContext(ctx, "BusyCtx.Take", "x", new(string))
+	require.ErrorIs(t, err, ErrNotTaken)
+	assert.Equal(t, int32(ignoreLimit), busy.seen.Load())
 }
 
 type OnlyCtx struct{}
@@ -164,12 +195,7 @@ func TestExpiredRequestIsNotRun(t *testing.T) {
 	ns := brokertest.Namespace(t)
 	ledger := new(Ledger)
 	startServer(t, ns, newRPCServer(t, ledger))
-	ch := brokertest.Channel(t)
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
-	require.NoError(t, err)
-	require.NoError(t, ch.QueueBind(q.Name, "probe", "rpc_"+ns+"_response", false, nil))
-	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	require.NoError(t, err)
+	ch, replies := brokertest.Replies(t, ns, "probe")
 	publish := func(arg string, sent time.Time) {
 		body, err := codec.MsgPack.Marshal(arg)
 		require.NoError(t, err)

@@ -3,6 +3,7 @@ package amqprpc
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"time"
 
@@ -10,6 +11,14 @@ import (
 
 	"github.com/amqprpc/amqprpc/internal/transport"
 )
+
+// ignoreLimit is how many times a direct request may be ignored
+// (ErrIgnoreRequest) before its caller is told that no server took it.
+const ignoreLimit = 10
+
+// headerIgnored counts, on a request put back after ErrIgnoreRequest, how
+// many times servers ignored it.
+const headerIgnored = "x-amqprpc-ignored"
 
 // ignoreDelay is how long a direct server holds a request it ignored for
 // the n-th time before putting it back: 50 ms, doubling, at most 500 ms, so
@@ -27,23 +36,23 @@ func ignoreDelay(n int) time.Duration {
 // with an error instead.
 func (c *serverCodec) ignore(req *request) {
 	req.cs.event(eventIgnored)
-	c.tel.count(req.cs.ctx, c.tel.ignored, &req.d)
+	c.tel.count(req.cs.ctx, c.tel.ignored, &req.d, true)
 	if c.names.fanout { // ignored broadcasts are acked, not put back
 		c.settle(req, transport.Acked, nil)
 		return
 	}
 	n := ignoredCount(req.d.Headers[headerIgnored])
 	if int(n)+1 >= ignoreLimit {
-		_ = c.publishReply(req, &reply{errText: fmt.Sprintf("amqprpc: no server took the request: ignored %d times", n+1), code: codeNotTaken})
+		_ = c.publishReply(req, &reply{errText: fmt.Errorf("%w: ignored %d times", ErrNotTaken, n+1).Error(), code: codeNotTaken})
 		return
 	}
 	// The copy is the same call: forget it, or it would look like a
 	// duplicate.
 	c.forget(req, false, nil)
 	d := &req.d
-	headers := amqp.Table{}
-	for k, v := range d.Headers {
-		headers[k] = v
+	headers := maps.Clone(d.Headers)
+	if headers == nil {
+		headers = amqp.Table{}
 	}
 	headers[headerIgnored] = n + 1
 	again := amqp.Publishing{

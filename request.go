@@ -87,7 +87,7 @@ func (c *serverCodec) next() (*request, error) {
 			c.acker.Take(&req.d)
 			req.deadline = requestDeadline(d.Expiration, d.Timestamp, time.Now())
 			if d.Redelivered {
-				c.tel.count(context.Background(), c.tel.redeliveries, &req.d)
+				c.tel.count(context.Background(), c.tel.redeliveries, &req.d, false)
 			}
 			if reason := c.check(req); reason != "" {
 				c.tel.note(&req.d, c.tel.refused, eventRefused, errors.New(reason))
@@ -344,8 +344,9 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 			// A reply queue on a node that is going down nacks for a
 			// moment, and its client declares a new one elsewhere (seen
 			// in the cluster tests): the reply itself gets one more try
-			// before the caller is told it was refused, unless the
-			// server stops meanwhile.
+			// before the caller is told it was refused, unless Shutdown
+			// gives up meanwhile (Close waits for it: the request is in
+			// flight).
 			req.resent = true
 			go func() {
 				t := time.NewTimer(replyResendDelay)
@@ -353,7 +354,7 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 				select {
 				case <-t.C:
 					_ = c.publishReply(req, r)
-				case <-c.stopping:
+				case <-c.abandon: // nil for NewServerCodec: the timer alone
 					c.settle(req, o, r) // the error reply, now
 				}
 			}()

@@ -319,8 +319,6 @@ func NewServerCodec(conn *amqp.Connection, namespace string, opts ...Option) (rp
 	return c, nil
 }
 
-// closeChannel closes ch; a channel already closed (with its connection) is
-// not an error.
 // onChannel runs f on a channel of its own on conn, opened within ctx, and
 // closes it: for declarations, look-ups and deletions, whose failure (a
 // passive declare of a missing queue, say) closes the channel.
@@ -332,6 +330,8 @@ func onChannel(ctx context.Context, conn *transport.Conn, f func(*amqp.Channel) 
 	return errors.Join(f(ch), closeChannel(ch))
 }
 
+// closeChannel closes ch; a channel already closed (with its connection) is
+// not an error.
 func closeChannel(ch *amqp.Channel) error {
 	if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 		return err

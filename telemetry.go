@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/rpc"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +18,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
 // Telemetry follows the OpenTelemetry semantic conventions v1.37.0
@@ -110,23 +113,36 @@ type telemetry struct {
 	requestSize  metric.Int64Histogram     // rpc.{client,server}.request.size
 	responseSize metric.Int64Histogram     // rpc.{client,server}.response.size
 	active       metric.Int64UpDownCounter // calls in flight, or requests being handled
-	activeAttrs  metric.MeasurementOption  // its attributes
+	activeAdd    []metric.AddOption        // its attributes
 
 	// The server's.
 	duplicates, redeliveries, ignored, refused metric.Int64Counter
 
 	mu sync.RWMutex
-	// protects sets and names
-	sets  map[setKey]attribute.Set
-	names map[string]string // span names by method, up to maxMethods
+	// protects methods and every methodTel's outcomes
+	methods map[string]*methodTel // up to maxMethods
+	other   *methodTel            // "_OTHER": the rest
 }
 
-// setKey names one cached attribute set of the metrics.
-type setKey struct{ serviceMethod, errorType string }
+// methodTel is what a side keeps of one method: its span name, and the
+// metric options of each outcome, built once.
+type methodTel struct {
+	name     string                 // of its spans: "Service/Method"
+	attrs    []attribute.KeyValue   // rpc.system, rpc.service, rpc.method
+	ok       *outcomeTel            // success: no error.type
+	outcomes map[string]*outcomeTel // failures, by error.type
+}
 
-// maxMethods bounds the distinct method attribute sets a side keeps:
-// method names come from the wire, and a server must not grow without end
-// on garbage. Beyond it, methods are recorded as "_OTHER".
+// outcomeTel is the attributes of a method's metrics for one outcome, as
+// the options Record and Add take (prebuilt: no allocation per call).
+type outcomeTel struct {
+	record []metric.RecordOption
+	add    []metric.AddOption
+}
+
+// maxMethods bounds the distinct methods a side keeps: a server keeps only
+// those it answered (not unknown or malformed ones, whose names come from
+// the wire), and beyond the bound records methods as "_OTHER".
 const maxMethods = 512
 
 func newTelemetry(o *options, server bool) *telemetry {
@@ -141,14 +157,14 @@ func newTelemetry(o *options, server bool) *telemetry {
 		prop = otel.GetTextMapPropagator()
 	}
 	t := &telemetry{
-		tracer: tp.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL)),
-		prop:   prop,
-		meter:  mp.Meter(ScopeName, metric.WithSchemaURL(semconv.SchemaURL)),
-		kind:   trace.SpanKindClient,
-		sets:   make(map[setKey]attribute.Set),
-		names:  make(map[string]string),
+		tracer:  tp.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL)),
+		prop:    prop,
+		meter:   mp.Meter(ScopeName, metric.WithSchemaURL(semconv.SchemaURL)),
+		kind:    trace.SpanKindClient,
+		methods: make(map[string]*methodTel),
+		other:   newMethodTel("_OTHER"),
 
-		activeAttrs: metric.WithAttributeSet(attribute.NewSet(rpcSystem)),
+		activeAdd: []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(rpcSystem))},
 	}
 	side, active, activeDesc, activeUnit := "client", "amqprpc.client.active_calls", "Calls sent and not yet completed.", "{call}"
 	if server {
@@ -227,49 +243,67 @@ func (t *telemetry) observe(id string, waiting func() int, reconnects func() uin
 	return reg.Unregister
 }
 
-// set returns the cached attributes of serviceMethod's metrics with
-// errorType ("" on success).
-func (t *telemetry) set(serviceMethod, errorType string) attribute.Set {
-	k := setKey{serviceMethod, errorType}
+// method returns what is kept of serviceMethod. A method not kept yet is
+// added when admit says it may be (a client's calls; a server's answered
+// requests) and there is room; otherwise it is "_OTHER".
+func (t *telemetry) method(serviceMethod string, admit bool) *methodTel {
 	t.mu.RLock()
-	s, ok := t.sets[k]
+	m := t.methods[serviceMethod]
 	t.mu.RUnlock()
-	if ok {
-		return s
+	if m != nil {
+		return m
+	}
+	if !admit {
+		return t.other
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.sets) >= maxMethods {
-		k.serviceMethod = "_OTHER"
-		if s, ok := t.sets[k]; ok {
-			return s
-		}
+	if m = t.methods[serviceMethod]; m != nil {
+		return m
 	}
-	service, method := splitMethod(k.serviceMethod)
-	kv := []attribute.KeyValue{rpcSystem, semconv.RPCService(service), semconv.RPCMethod(method)}
-	if errorType != "" {
-		kv = append(kv, semconv.ErrorTypeKey.String(errorType))
+	if len(t.methods) >= maxMethods {
+		return t.other
 	}
-	s = attribute.NewSet(kv...)
-	t.sets[k] = s
-	return s
+	m = newMethodTel(serviceMethod)
+	t.methods[serviceMethod] = m
+	return m
 }
 
-// spanName returns serviceMethod's span name, cached.
-func (t *telemetry) spanName(serviceMethod string) string {
+func newMethodTel(serviceMethod string) *methodTel {
+	service, method := splitMethod(serviceMethod)
+	m := &methodTel{
+		name:     spanName(serviceMethod),
+		attrs:    []attribute.KeyValue{rpcSystem, semconv.RPCService(service), semconv.RPCMethod(method)},
+		outcomes: make(map[string]*outcomeTel),
+	}
+	m.ok = newOutcomeTel(m.attrs)
+	return m
+}
+
+func newOutcomeTel(kv []attribute.KeyValue) *outcomeTel {
+	opt := metric.WithAttributeSet(attribute.NewSet(kv...))
+	return &outcomeTel{record: []metric.RecordOption{opt}, add: []metric.AddOption{opt}}
+}
+
+// outcome returns the metric options of m's outcome errorType.
+func (t *telemetry) outcome(m *methodTel, errorType string) *outcomeTel {
+	if errorType == "" {
+		return m.ok
+	}
 	t.mu.RLock()
-	name, ok := t.names[serviceMethod]
+	o := m.outcomes[errorType]
 	t.mu.RUnlock()
-	if ok {
-		return name
+	if o != nil {
+		return o
 	}
-	name = spanName(serviceMethod)
+	o = newOutcomeTel(append(slices.Clip(m.attrs), semconv.ErrorTypeKey.String(errorType)))
 	t.mu.Lock()
-	if len(t.names) < maxMethods {
-		t.names[serviceMethod] = name
+	defer t.mu.Unlock()
+	if prev := m.outcomes[errorType]; prev != nil {
+		return prev
 	}
-	t.mu.Unlock()
-	return name
+	m.outcomes[errorType] = o
+	return o
 }
 
 // splitMethod splits "Service.Method" as net/rpc does, at the last dot.
@@ -292,16 +326,12 @@ func spanName(serviceMethod string) string {
 
 // messageAttrs are the span attributes of a request message, sent or
 // received: the RPC's and the messaging ones.
-func messageAttrs(serviceMethod, exchange, key, messageID, correlationID string, size int, op attribute.KeyValue) []attribute.KeyValue {
-	service, method := splitMethod(serviceMethod)
+func messageAttrs(m *methodTel, exchange, key, messageID, correlationID string, size int, op attribute.KeyValue, extra attribute.KeyValue) []attribute.KeyValue {
 	name := "publish" // the AMQP method: basic.publish
 	if op == semconv.MessagingOperationTypeProcess {
 		name = "process"
 	}
-	return []attribute.KeyValue{
-		rpcSystem,
-		semconv.RPCService(service),
-		semconv.RPCMethod(method),
+	return append(slices.Clip(m.attrs),
 		semconv.MessagingSystemRabbitMQ,
 		op,
 		semconv.MessagingOperationName(name),
@@ -310,21 +340,22 @@ func messageAttrs(serviceMethod, exchange, key, messageID, correlationID string,
 		semconv.MessagingMessageID(messageID),
 		semconv.MessagingMessageConversationID(correlationID),
 		semconv.MessagingMessageBodySize(size),
-	}
+		extra,
+	)
 }
 
-// startCall starts the span of a call of serviceMethod (client) or of a
+// startCall starts the span of a call of method m (client) or of a
 // request for it (server), as a child of ctx's span, and counts it as
 // active. The returned callSpan ends with end.
-func (t *telemetry) startCall(ctx context.Context, serviceMethod string) callSpan {
-	ctx, span := t.tracer.Start(ctx, t.spanName(serviceMethod), t.start...)
-	cs := callSpan{ctx: ctx, span: span}
+func (t *telemetry) startCall(ctx context.Context, m *methodTel) callSpan {
+	ctx, span := t.tracer.Start(ctx, m.name, t.start...)
+	cs := callSpan{ctx: ctx, span: span, m: m}
 	if t.duration.Enabled(ctx) || span.IsRecording() {
 		cs.start = time.Now()
 	}
 	if t.active.Enabled(ctx) {
 		cs.counted = true
-		t.active.Add(ctx, 1, t.activeAttrs)
+		t.active.Add(ctx, 1, t.activeAdd...)
 	}
 	return cs
 }
@@ -333,27 +364,39 @@ func (t *telemetry) startCall(ctx context.Context, serviceMethod string) callSpa
 type callSpan struct {
 	ctx     context.Context // holds span
 	span    trace.Span
+	m       *methodTel
 	start   time.Time // zero: no duration is recorded
 	counted bool      // in the active calls or requests
 }
 
-// describe sets the span's attributes, if it records: messageAttrs', and
-// extra.
-func (cs *callSpan) describe(attrs []attribute.KeyValue, extra ...attribute.KeyValue) {
-	cs.span.SetAttributes(attrs...)
-	cs.span.SetAttributes(extra...)
-}
-
 // event adds a span event, if the span records.
 func (cs *callSpan) event(name string, attrs ...attribute.KeyValue) {
-	if cs.span != nil && cs.span.IsRecording() {
+	switch {
+	case cs.span == nil || !cs.span.IsRecording():
+	case len(attrs) == 0:
+		cs.span.AddEvent(name)
+	default:
 		cs.span.AddEvent(name, trace.WithAttributes(attrs...))
 	}
 }
 
+// outcomeEvent adds the event of a request's publishing outcome:
+// confirmed, returned (mandatory, no queue) or nacked.
+func (cs *callSpan) outcomeEvent(o transport.Outcome) {
+	switch o {
+	case transport.Acked:
+		cs.event(eventConfirmed)
+	case transport.Returned:
+		cs.event(eventReturned)
+	case transport.Nacked:
+		cs.event(eventNacked)
+	}
+}
+
 // end ends the span with err's outcome (errorType for metrics, "" on
-// success) and records the duration and the response size (< 0: none).
-func (t *telemetry) end(cs *callSpan, serviceMethod string, err error, errorType string, responseSize int) {
+// success) and records, under method m, the duration and the response
+// size (< 0: none).
+func (t *telemetry) end(cs *callSpan, m *methodTel, err error, errorType string, responseSize int) {
 	if cs.span == nil {
 		return
 	}
@@ -364,21 +407,22 @@ func (t *telemetry) end(cs *callSpan, serviceMethod string, err error, errorType
 	}
 	cs.span.End()
 	if cs.counted {
-		t.active.Add(cs.ctx, -1, t.activeAttrs)
+		t.active.Add(cs.ctx, -1, t.activeAdd...)
 	}
 	if !cs.start.IsZero() && t.duration.Enabled(cs.ctx) {
-		set := metric.WithAttributeSet(t.set(serviceMethod, errorType))
-		t.duration.Record(cs.ctx, float64(time.Since(cs.start))/float64(time.Millisecond), set)
+		o := t.outcome(m, errorType)
+		t.duration.Record(cs.ctx, float64(time.Since(cs.start))/float64(time.Millisecond), o.record...)
 		if responseSize >= 0 {
-			t.responseSize.Record(cs.ctx, int64(responseSize), set)
+			t.responseSize.Record(cs.ctx, int64(responseSize), o.record...)
 		}
 	}
 }
 
-// recordRequestSize records the body size of a request sent or received.
-func (t *telemetry) recordRequestSize(ctx context.Context, serviceMethod string, size int) {
+// recordRequestSize records the body size of a request of m, sent or
+// received.
+func (t *telemetry) recordRequestSize(ctx context.Context, m *methodTel, size int) {
 	if t.requestSize.Enabled(ctx) {
-		t.requestSize.Record(ctx, int64(size), metric.WithAttributeSet(t.set(serviceMethod, "")))
+		t.requestSize.Record(ctx, int64(size), t.outcome(m, "").record...)
 	}
 }
 
@@ -464,19 +508,22 @@ func errorTypeOf(err error) string {
 // context its headers carry, and its metrics.
 func (t *telemetry) startRequest(req *request) {
 	d := &req.d
-	req.cs = t.startCall(t.extract(d.Headers), d.Type)
+	m := t.method(d.Type, false)
+	if m == t.other { // not answered before: named for its span, kept only once answered
+		m = newMethodTel(d.Type)
+	}
+	req.cs = t.startCall(t.extract(d.Headers), m)
 	if req.cs.span.IsRecording() {
-		req.cs.describe(t.requestAttrs(d))
+		req.cs.span.SetAttributes(requestAttrs(m, d)...)
 		if d.Redelivered {
 			req.cs.event(eventRedelivery)
 		}
 	}
-	t.recordRequestSize(req.cs.ctx, d.Type, len(d.Body))
 }
 
-// requestAttrs are the span attributes of request d, received.
-func (t *telemetry) requestAttrs(d *amqp.Delivery) []attribute.KeyValue {
-	return append(messageAttrs(d.Type, d.Exchange, d.RoutingKey, d.MessageId, d.CorrelationId, len(d.Body), semconv.MessagingOperationTypeProcess),
+// requestAttrs are the span attributes of request d of method m, received.
+func requestAttrs(m *methodTel, d *amqp.Delivery) []attribute.KeyValue {
+	return messageAttrs(m, d.Exchange, d.RoutingKey, d.MessageId, d.CorrelationId, len(d.Body), semconv.MessagingOperationTypeProcess,
 		semconv.MessagingRabbitMQMessageDeliveryTag(int(d.DeliveryTag)))
 }
 
@@ -486,11 +533,11 @@ func (t *telemetry) endRequest(req *request) {
 	if req.errType != "" {
 		err = errors.New(req.errText)
 	}
-	method := req.d.Type
-	if req.errType == "unknown_method" || req.errType == "bad_request" {
-		method = "_OTHER" // from the wire, unchecked: no slot of maxMethods
-	}
-	t.end(&req.cs, method, err, req.errType, req.replySize)
+	// A method name from the wire is kept only once a request of it was
+	// answered, not refused as unknown or malformed.
+	m := t.method(req.d.Type, req.errType != "unknown_method" && req.errType != "bad_request")
+	t.recordRequestSize(req.cs.ctx, m, len(req.d.Body))
+	t.end(&req.cs, m, err, req.errType, req.replySize)
 }
 
 // note records what happened to request d when no handler runs for it (a
@@ -498,16 +545,16 @@ func (t *telemetry) endRequest(req *request) {
 // span, a child of the caller's, shows event (and err, if any).
 func (t *telemetry) note(d *amqp.Delivery, counter metric.Int64Counter, event string, err error) {
 	ctx := t.extract(d.Headers)
+	m := t.method(d.Type, false)
 	if counter.Enabled(ctx) {
-		method := d.Type
-		if err != nil {
-			method = "_OTHER" // malformed: its type is not worth a slot of maxMethods
-		}
-		counter.Add(ctx, 1, metric.WithAttributeSet(t.set(method, "")))
+		counter.Add(ctx, 1, t.outcome(m, "").add...)
 	}
-	_, span := t.tracer.Start(ctx, t.spanName(d.Type), t.start...)
+	if m == t.other {
+		m = newMethodTel(d.Type) // for the span's name and attributes
+	}
+	_, span := t.tracer.Start(ctx, m.name, t.start...)
 	if span.IsRecording() {
-		span.SetAttributes(t.requestAttrs(d)...)
+		span.SetAttributes(requestAttrs(m, d)...)
 		span.AddEvent(event)
 		if err != nil {
 			span.RecordError(err)
@@ -517,13 +564,14 @@ func (t *telemetry) note(d *amqp.Delivery, counter metric.Int64Counter, event st
 	span.End()
 }
 
-// count adds one to counter, for request d.
-func (t *telemetry) count(ctx context.Context, counter metric.Int64Counter, d *amqp.Delivery) {
+// count adds one to counter, for request d; admit says its method may be
+// kept (its handler ran: see method).
+func (t *telemetry) count(ctx context.Context, counter metric.Int64Counter, d *amqp.Delivery, admit bool) {
 	if ctx == nil { // a request of NewServerCodec's: no span
 		ctx = context.Background()
 	}
 	if counter.Enabled(ctx) {
-		counter.Add(ctx, 1, metric.WithAttributeSet(t.set(d.Type, "")))
+		counter.Add(ctx, 1, t.outcome(t.method(d.Type, admit), "").add...)
 	}
 }
 

@@ -25,9 +25,7 @@ type pendingCall struct {
 	retried bool
 	acked   atomic.Bool
 
-	// The call's span and metrics; ended says they ended (finish).
-	cs    callSpan
-	ended atomic.Bool
+	cs callSpan // the call's span and metrics, ended by finish
 
 	// deadline is set for calls that nobody else watches (Go, and plain
 	// net/rpc users of NewClientCodec): the codec itself fails them when it

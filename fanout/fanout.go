@@ -36,6 +36,20 @@ func (s *Server) Serve(ctx context.Context) error { return s.s.Serve(ctx) }
 // server's queue and closes its connections. It is idempotent.
 func (s *Server) Close() error { return s.s.Close() }
 
+// Shutdown closes the server as Close does, but waits for running handlers
+// only until ctx ends, as amqprpc.Server.Shutdown does, and then returns
+// ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error { return s.s.Shutdown(ctx) }
+
+// Register publishes rcvr's methods, net/rpc's and the context-aware ones
+// (func (t *T) M(ctx context.Context, args A, reply *R) error), as
+// amqprpc.Server.Register does.
+func (s *Server) Register(rcvr any) error { return s.s.Register(rcvr) }
+
+// RegisterName is Register with the service name given, as
+// amqprpc.Server.RegisterName.
+func (s *Server) RegisterName(name string, rcvr any) error { return s.s.RegisterName(name, rcvr) }
+
 // Client broadcasts calls to a fanout namespace. It is safe for concurrent
 // use.
 type Client struct {

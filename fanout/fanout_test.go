@@ -54,6 +54,43 @@ func startNode(t *testing.T, ns string, n *Node) *fanout.Server {
 	return s
 }
 
+// Sleeper is context-aware: it waits until its context ends.
+type Sleeper struct{}
+
+func (Sleeper) Until(ctx context.Context, _ string, reply *string) error {
+	<-ctx.Done()
+	*reply = "stopped: " + ctx.Err().Error()
+	return nil
+}
+
+// A fanout server registers context-aware handlers and shuts down within
+// its context, as amqprpc.Server does.
+func TestFanoutServerContextAwareAndShutdown(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	s, err := fanout.NewServer(brokertest.URL(), ns, rpc.NewServer())
+	require.NoError(t, err)
+	require.NoError(t, s.RegisterName("Sleeper", Sleeper{}))
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(context.Background()) }()
+	c := dial(t, ns)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	results, err := c.CallAll(ctx, "Sleeper.Until", "x", func() any { return new(string) }, 1)
+	require.NoError(t, err)
+	require.Len(t, results, 1)
+	assert.Equal(t, "stopped: context deadline exceeded", *results[0].Reply.(*string), "the handler saw the caller's deadline")
+
+	c.Go("Sleeper.Until", "y", new(string), nil) // a handler that would run until its 60 s deadline
+	time.Sleep(500 * time.Millisecond)           // it is running
+	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer scancel()
+	start := time.Now()
+	assert.ErrorIs(t, s.Shutdown(sctx), context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 5*time.Second, "bounded by its context")
+	require.NoError(t, <-served)
+}
+
 func dial(t *testing.T, ns string, opts ...amqprpc.Option) *fanout.Client {
 	t.Helper()
 	c, err := fanout.Dial(brokertest.URL(), ns, opts...)
@@ -241,12 +278,7 @@ func TestDuplicateBroadcastAnsweredOnce(t *testing.T) {
 	answers, ignores := &Node{name: "a"}, &Node{name: "b", ignore: true}
 	startNode(t, ns, answers)
 	startNode(t, ns, ignores)
-	ch := brokertest.Channel(t)
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
-	require.NoError(t, err)
-	require.NoError(t, ch.QueueBind(q.Name, "rawpeer", "rpc_"+ns+"_response", false, nil))
-	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	require.NoError(t, err)
+	ch, replies := brokertest.Replies(t, ns, "rawpeer")
 	msg := amqp.Publishing{Type: "Node.Ping", ReplyTo: "rawpeer", CorrelationId: "b1", MessageId: "b1",
 		ContentType: "application/json", Body: []byte(`"x"`)}
 	for range 3 {

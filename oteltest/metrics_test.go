@@ -3,6 +3,8 @@ package oteltest
 import (
 	"context"
 	"net/rpc"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,6 +35,7 @@ func sum(t *testing.T, agg metricdata.Aggregation, want map[string]string) int64
 	t.Helper()
 	var dps []metricdata.DataPoint[int64]
 	switch a := agg.(type) {
+	case nil: // not recorded yet
 	case metricdata.Sum[int64]:
 		dps = a.DataPoints
 	case metricdata.Gauge[int64]:
@@ -133,4 +136,83 @@ func merge(a, b map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// Metrics that only move during trouble: a request every server ignores
+// (event and counter per ignore), a request the broker delivers again
+// after the server's connection was cut (counter), and a call made while
+// the client's connection is down (waiting in the publisher, in flight).
+func TestMetricsInTrouble(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	client, server := newSide(t), newSide(t)
+	proxy, viaProxy := brokertest.NewProxy(t)
+	services := rpc.NewServer()
+	hold := &Hold{entered: make(chan struct{}, 4), release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(hold.release) }) }
+	t.Cleanup(release) // before the server's Close, which waits for handlers
+	require.NoError(t, services.Register(new(Arith)))
+	require.NoError(t, services.Register(hold))
+	s, err := amqprpc.NewServer(viaProxy, ns, services, server.opts...)
+	require.NoError(t, err)
+	brokertest.Serve(t, s.Serve, s.Close)
+	c := dial(t, brokertest.URL(), ns, client)
+
+	t.Run("ignored", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		require.ErrorIs(t, c.CallContext(ctx, "Arith.Decline", 1, new(int)), amqprpc.ErrNotTaken)
+		assert.Equal(t, int64(10), sum(t, server.collect(t)["amqprpc.server.ignored"], map[string]string{"rpc.method": "Decline"}))
+		var ignored int
+		for _, sp := range server.spans.GetSpans() {
+			if slices.Contains(eventNames(sp), "amqprpc.request.ignored") {
+				ignored++
+			}
+		}
+		assert.Equal(t, 10, ignored, "one server span per ignore says so")
+	})
+
+	t.Run("redelivered", func(t *testing.T) {
+		call := c.Go("Hold.Wait", 1, new(int), nil)
+		<-hold.entered
+		proxy.Stop() // the server's connections go, with the request unacked
+		require.NoError(t, proxy.Start())
+		require.Eventually(t, func() bool {
+			return sum(t, server.collect(t)["amqprpc.server.redeliveries"], nil) >= 1
+		}, 30*time.Second, 50*time.Millisecond, "the broker delivered the request again")
+		release()
+		require.NoError(t, (<-call.Done).Error)
+	})
+
+	t.Run("waiting while disconnected", func(t *testing.T) {
+		cproxy, cvia := brokertest.NewProxy(t)
+		dc := dial(t, cvia, ns, client)
+		require.NoError(t, dc.Call("Arith.Add", [2]int{1, 1}, new(int))) // connected
+		cproxy.Stop()
+		call := dc.Go("Arith.Add", [2]int{2, 2}, new(int), nil)
+		id := map[string]string{"messaging.client.id": dc.ID()}
+		require.Eventually(t, func() bool {
+			m := client.collect(t)
+			return sum(t, m["amqprpc.publisher.waiting"], id) >= 1 && sum(t, m["amqprpc.client.active_calls"], nil) >= 1
+		}, 30*time.Second, 50*time.Millisecond, "the call waits in the publisher, in flight")
+		require.NoError(t, cproxy.Start())
+		require.NoError(t, (<-call.Done).Error)
+		m := client.collect(t)
+		assert.Equal(t, int64(0), sum(t, m["amqprpc.publisher.waiting"], id))
+		assert.Equal(t, int64(0), sum(t, m["amqprpc.client.active_calls"], nil))
+		assert.GreaterOrEqual(t, sum(t, m["amqprpc.connection.reconnects"], id), int64(1))
+	})
+}
+
+// Hold is a service whose calls wait until the test releases them.
+type Hold struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *Hold) Wait(_ int, reply *int) error {
+	h.entered <- struct{}{}
+	<-h.release
+	*reply = 1
+	return nil
 }

@@ -7,8 +7,10 @@ package oteltest
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/rpc"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,6 +42,9 @@ func (*Arith) Add(args [2]int, sum *int) error {
 }
 
 func (*Arith) Fail(_ int, _ *int) error { return errors.New("no such luck") }
+
+// Decline ignores every call (amqprpc.ErrIgnoreRequest).
+func (*Arith) Decline(_ int, _ *int) error { return amqprpc.ErrIgnoreRequest }
 
 func (*Arith) Sleep(ms int, _ *int) error {
 	time.Sleep(time.Duration(ms) * time.Millisecond)
@@ -172,6 +177,7 @@ func requireChild(t *testing.T, client, server tracetest.SpanStub, method string
 	assert.Equal(t, "send", ca["messaging.operation.type"].AsString())
 	assert.Equal(t, "process", sa["messaging.operation.type"].AsString())
 	assert.Equal(t, ca["messaging.message.id"], sa["messaging.message.id"], "the same message")
+	assert.NotEmpty(t, ca["messaging.message.conversation_id"].AsString())
 	assert.Equal(t, ca["messaging.message.conversation_id"], sa["messaging.message.conversation_id"])
 	assert.Equal(t, ca["messaging.rabbitmq.destination.routing_key"], sa["messaging.rabbitmq.destination.routing_key"])
 	assert.NotEmpty(t, ca["messaging.client.id"].AsString())
@@ -320,13 +326,16 @@ func TestClientEvents(t *testing.T) {
 		require.ErrorAs(t, err, new(rpc.ServerError))
 		sp := check(t, "Fail", "server_error")
 		assert.Equal(t, "no such luck", sp.Status.Description)
+		assert.Contains(t, eventNames(sp), "exception", "the error is recorded")
 		ss := server.span(t, trace.SpanKindServer, "Arith/Fail", nil)
 		assert.Equal(t, codes.Error, ss.Status.Code)
 		assert.Equal(t, "handler_error", attrs(ss)["error.type"].AsString())
 	})
 	t.Run("reconnect", func(t *testing.T) {
 		proxy, viaProxy := brokertest.NewProxy(t)
-		rc := dial(t, viaProxy, ns, client, amqprpc.WithHeartbeat(time.Second))
+		logs := new(brokertest.Buffer)
+		rc := dial(t, viaProxy, ns, client, amqprpc.WithHeartbeat(time.Second),
+			amqprpc.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 		var total int
 		require.NoError(t, rc.Call("Arith.Add", [2]int{1, 1}, &total)) // connected
 		client.spans.Reset()
@@ -338,7 +347,8 @@ func TestClientEvents(t *testing.T) {
 		defer cancel()
 		done := make(chan error, 1)
 		go func() { done <- rc.CallContext(ctx, "Arith.Add", [2]int{40, 2}, &total) }()
-		time.Sleep(4 * time.Second) // > the heartbeat's timeout: the link is declared lost
+		require.Eventually(t, func() bool { return strings.Contains(logs.String(), "connection lost") }, 30*time.Second, 50*time.Millisecond,
+			"the heartbeat notices the dead link")
 		proxy.Blackhole(false)
 		require.NoError(t, <-done)
 		require.Equal(t, 42, total)
@@ -380,12 +390,7 @@ func TestServerDuplicateEvent(t *testing.T) {
 	ns := brokertest.Namespace(t)
 	server := newSide(t)
 	startServer(t, ns, server, false)
-	ch := brokertest.Channel(t)
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
-	require.NoError(t, err)
-	require.NoError(t, ch.QueueBind(q.Name, "rawpeer", "rpc_"+ns+"_response", false, nil))
-	replies, err := ch.Consume(q.Name, "", true, true, false, false, nil)
-	require.NoError(t, err)
+	ch, replies := brokertest.Replies(t, ns, "rawpeer")
 
 	ctx, parent := sdktrace.NewTracerProvider().Tracer("test").Start(context.Background(), "foreign caller")
 	msg := amqp.Publishing{Type: "Arith.Add", ReplyTo: "rawpeer", CorrelationId: "dup", MessageId: "dup",
