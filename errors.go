@@ -53,9 +53,12 @@ var (
 	// the call, and none ran it to the end. The error's text says how many
 	// times.
 	ErrNotTaken = errors.New("amqprpc: no server took the request")
-	// ErrRefused means the broker refused to take a request: a negative
-	// publisher confirm (a queue full with overflow reject-publish, say),
-	// in which case the call was not run, or a channel the broker closed
+	// ErrRefused means the broker refused to take a request: negative
+	// publisher confirms (a queue full with overflow reject-publish, a
+	// quorum queue without a leader) until the call's deadline or context
+	// ended it, the request published again meanwhile (the error then also
+	// matches ErrQueueUnavailable and the context's error), in which case
+	// the call was not run; or a channel the broker closed
 	// again and again while the request was in flight alone (larger than
 	// its max_message_size, say), in which case it may have run.
 	ErrRefused = errors.New("amqprpc: broker refused the request")

@@ -228,3 +228,42 @@ func TestRequestTheBrokerKeepsRefusing(t *testing.T) {
 		assert.Equal(t, 1, counts[fmt.Sprint("small ", i)])
 	}
 }
+
+// A request queue that refuses requests for a while (here: full, with
+// overflow reject-publish; on a cluster: a quorum queue between leaders)
+// nacks them: a call is published again within its deadline, succeeds once
+// the queue takes it, and otherwise fails with ErrRefused, matching its
+// deadline too, instead of failing at the first nack.
+func TestRefusedRequestIsHeldWithinItsDeadline(t *testing.T) {
+	ns := brokertest.Namespace(t)
+	c := dial(t, ns) // declares the request queue; no server yet
+	queue := "rpc_" + ns + "_request"
+	policy := "amqprpc-test-" + ns
+	brokertest.Rabbitmqctl(t, "set_policy", policy, "^"+queue+"$", `{"max-length":1,"overflow":"reject-publish"}`, "--apply-to", "queues")
+	t.Cleanup(func() { brokertest.Rabbitmqctl(t, "clear_policy", policy) })
+
+	first := c.Go("Math.SumNumbers", []int{1}, new(int), nil) // fills the queue
+	require.Eventually(t, func() bool { return brokertest.QueueDepth(t, queue) == 1 }, 5*time.Second, 10*time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	start := time.Now()
+	err := c.CallContext(ctx, "Math.SumNumbers", []int{2}, new(int))
+	require.ErrorIs(t, err, ErrRefused)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.ErrorIs(t, err, ErrQueueUnavailable)
+	assert.GreaterOrEqual(t, time.Since(start), 900*time.Millisecond, "held until its deadline, not failed at the first nack")
+
+	var sum int
+	held := c.Go("Math.SumNumbers", []int{20, 22}, &sum, nil)
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case call := <-held.Done:
+		t.Fatalf("the call ended while the queue was full: %v", call.Error)
+	default:
+	}
+	startServer(t, ns, newRPCServer(t, new(Math))) // drains the queue
+	require.NoError(t, (<-first.Done).Error)
+	require.NoError(t, (<-held.Done).Error)
+	assert.Equal(t, 42, sum)
+}

@@ -17,13 +17,16 @@ type pendingCall struct {
 	ttl         time.Time // its deadline; zero: none
 
 	// heldFor is the unavailable queue the call is held for (see
-	// refused), holds how often, retried whether it was published once
-	// more after a return; protected by the codec's mu. acked says that
-	// the broker took a copy of the request: the call may have run.
-	heldFor string
-	holds   int
-	retried bool
-	acked   atomic.Bool
+	// refused), heldRefused whether the queue was there and the broker
+	// nacked the request, holds how often, retried whether it was
+	// published once more after a return; protected by the codec's mu.
+	// acked says that the broker took a copy of the request: the call may
+	// have run.
+	heldFor     string
+	heldRefused bool
+	holds       int
+	retried     bool
+	acked       atomic.Bool
 
 	cs callSpan // the call's span and metrics, ended by finish
 

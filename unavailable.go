@@ -46,10 +46,13 @@ func (n names) queueFor(key string) string {
 
 // refused handles call p's request, which the broker returned (o is
 // Returned) or refused (Nacked): if its queue exists but is unavailable, or
-// the client cannot ask now (its connection is down too), p is held and
-// published again after a delay; otherwise it fails with o's error
-// (ErrNoRoute, ErrRefused). A node that is shutting down nacks what it
-// routed to its queues before it returns what it cannot route.
+// the client cannot ask now (its connection is down too), or the queue is
+// there and refused it (a quorum queue without a leader while its node
+// stops or an election runs; a full queue with overflow reject-publish),
+// p is held and published again after a delay, within its deadline;
+// otherwise it fails with o's error (ErrNoRoute, ErrRefused). A node that
+// is shutting down nacks what it routed to its queues before it returns
+// what it cannot route.
 func (c *clientCodec) refused(p *pendingCall, o transport.Outcome) {
 	queue := c.queueFor(p.key)
 	state := queueAbsent
@@ -63,8 +66,9 @@ func (c *clientCodec) refused(p *pendingCall, o transport.Outcome) {
 	}
 	var delay time.Duration
 	switch {
-	case state == queueUnavailable:
+	case state == queueUnavailable, state == queueReady && o == transport.Nacked:
 		p.heldFor = queue
+		p.heldRefused = state == queueReady
 		delay = min(heldRetryFirst<<min(p.holds, 10), heldRetryMax)
 		p.holds++
 	case state == queueReady && o == transport.Returned && !p.retried:
@@ -83,7 +87,7 @@ func (c *clientCodec) refused(p *pendingCall, o transport.Outcome) {
 	}
 	c.mu.Unlock()
 	if logIt {
-		c.log.Warn("amqprpc: a request queue is unavailable (its node is down?); its calls wait for it until their deadline",
+		c.log.Warn("amqprpc: a request queue is unavailable (its node is down, or it has no leader, or it is full); its calls wait for it until their deadline",
 			"queue", queue, "outcome", o.String())
 	}
 	if !p.ttl.IsZero() && time.Until(p.ttl) < delay {
@@ -114,18 +118,25 @@ func (c *clientCodec) publishAgain(p *pendingCall) {
 
 // unavailableError is the error of a call that was held for its
 // unavailable queue until err (its deadline, or its context) ended it. It
-// matches ErrQueueUnavailable and err.
+// matches ErrQueueUnavailable and err, and ErrRefused when the queue was
+// there and the broker refused the request (refused).
 type unavailableError struct {
-	queue string
-	err   error
+	queue   string
+	refused bool
+	err     error
 }
 
 func (e *unavailableError) Error() string {
+	if e.refused {
+		return fmt.Sprintf("amqprpc: the broker refused the request for queue %s (no leader? full?) until the call ended: %v", e.queue, e.err)
+	}
 	return fmt.Sprintf("amqprpc: request queue %s is unavailable (its node is down?), and the call waited for it: %v", e.queue, e.err)
 }
 
-func (e *unavailableError) Is(target error) bool { return target == ErrQueueUnavailable }
-func (e *unavailableError) Unwrap() error        { return e.err }
+func (e *unavailableError) Is(target error) bool {
+	return target == ErrQueueUnavailable || e.refused && target == ErrRefused
+}
+func (e *unavailableError) Unwrap() error { return e.err }
 
 // endedWaiting is err, or for a call held for its queue whose request no
 // queue took (so it did not run), an unavailableError.
@@ -133,7 +144,7 @@ func endedWaiting(p *pendingCall, err error) error {
 	if p.heldFor == "" || p.acked.Load() || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
 		return err
 	}
-	return &unavailableError{queue: p.heldFor, err: err}
+	return &unavailableError{queue: p.heldFor, refused: p.heldRefused, err: err}
 }
 
 // queueLookups asks the broker about request queues for returned calls:
