@@ -46,22 +46,16 @@ type Factory struct {
 	Start func(url string) (Contender, error)
 }
 
-// Extra holds contenders that a program linking the benchmark adds (in an
-// init func) to those of Contenders, after them: a peer library that the
-// module proxy does not serve, measured once beside ours from a checkout
-// (README, "Performance, measured").
-var Extra []Factory
-
-// Contenders returns the contenders of the comparison, in table order,
-// Extra's last.
+// Contenders returns the contenders of the comparison, in table order.
 func Contenders() []Factory {
-	return append([]Factory{
+	return []Factory{
 		{"amqprpc", "amqprpc", startAmqprpc},
 		{"amqprpc, OpenTelemetry on", "otel", startAmqprpcOTel},
 		{"floor: amqp091-go by hand", "floor", startFloor},
 		{"floor with the same broker features", "floorlike", startFloorLike},
 		{"net/rpc over TCP (no broker)", "netrpc", startNetRPC},
-	}, Extra...)
+		{"0x4b53/amqp-rpc v5 (defaults)", "peer", startPeer},
+	}
 }
 
 func randomName(prefix string) string {

@@ -5,6 +5,7 @@ go 1.26.0
 replace github.com/amqprpc/amqprpc => ../
 
 require (
+	github.com/0x4b53/amqp-rpc/v5 v5.0.1
 	github.com/amqprpc/amqprpc v0.0.0-00010101000000-000000000000
 	github.com/rabbitmq/amqp091-go v1.16.0
 	github.com/stretchr/testify v1.12.1

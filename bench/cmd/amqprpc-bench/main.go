@@ -58,8 +58,12 @@ func run(args []string, out io.Writer) (err error) {
 		}
 	}()
 	bench.BrokerURL = cfg.url // whose CPU is read
+	exact := false            // -only names one contender whole: not those containing it
 	for _, f := range cfg.factories {
-		if cfg.only != "" && !strings.Contains(f.Name, cfg.only) {
+		exact = exact || f.Name == cfg.only
+	}
+	for _, f := range cfg.factories {
+		if cfg.only != "" && !strings.Contains(f.Name, cfg.only) || exact && f.Name != cfg.only {
 			continue
 		}
 		c, err := f.Start(cfg.url)
@@ -110,7 +114,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&cfg.rounds, "rounds", 2, "turns each contender takes at each point")
 	concsFlag := fs.String("c", "1,16,64,256", "concurrent callers")
 	sizesFlag := fs.String("body", "16,1024,65536", "body sizes in bytes")
-	fs.StringVar(&cfg.only, "only", "", "run only contenders whose name contains this")
+	fs.StringVar(&cfg.only, "only", "", "run only the contender of this name, or else those whose name contains this")
 	fs.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run here")
 	without := fs.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+strings.ReplaceAll(bench.AllFeatures.String(), "+", ", ")+"; or all)")
 	if err := fs.Parse(args); err != nil {
