@@ -58,12 +58,8 @@ func run(args []string, out io.Writer) (err error) {
 		}
 	}()
 	bench.BrokerURL = cfg.url // whose CPU is read
-	exact := false            // -only names one contender whole: not those containing it
 	for _, f := range cfg.factories {
-		exact = exact || f.Name == cfg.only
-	}
-	for _, f := range cfg.factories {
-		if cfg.only != "" && !strings.Contains(f.Name, cfg.only) || exact && f.Name != cfg.only {
+		if !cfg.runs(f, cfg.factories) {
 			continue
 		}
 		c, err := f.Start(cfg.url)
@@ -104,6 +100,24 @@ type config struct {
 	factories        []bench.Factory
 }
 
+// runs reports whether -only lets f run: one of its |-separated parts is
+// f's whole name or, when it is no contender's whole name, a part of f's.
+func (cfg *config) runs(f bench.Factory, all []bench.Factory) bool {
+	if cfg.only == "" {
+		return true
+	}
+	for _, want := range strings.Split(cfg.only, "|") {
+		whole := false
+		for _, g := range all {
+			whole = whole || want == g.Name
+		}
+		if want == f.Name || !whole && strings.Contains(f.Name, want) {
+			return true
+		}
+	}
+	return false
+}
+
 // parseFlags reads the command line.
 func parseFlags(args []string) (*config, error) {
 	fs := flag.NewFlagSet("amqprpc-bench", flag.ContinueOnError)
@@ -114,7 +128,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&cfg.rounds, "rounds", 2, "turns each contender takes at each point")
 	concsFlag := fs.String("c", "1,16,64,256", "concurrent callers")
 	sizesFlag := fs.String("body", "16,1024,65536", "body sizes in bytes")
-	fs.StringVar(&cfg.only, "only", "", "run only the contender of this name, or else those whose name contains this")
+	fs.StringVar(&cfg.only, "only", "", "run only these contenders (|-separated): a whole name runs that contender only, a part of names every contender whose name holds it")
 	fs.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run here")
 	without := fs.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+strings.ReplaceAll(bench.AllFeatures.String(), "+", ", ")+"; or all)")
 	if err := fs.Parse(args); err != nil {
