@@ -49,6 +49,15 @@ func run(args []string, out io.Writer) (err error) {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	if cfg.memprofile != "" {
+		defer func() {
+			f, perr := os.Create(cfg.memprofile)
+			if perr == nil {
+				perr = errors.Join(pprof.Lookup("allocs").WriteTo(f, 0), f.Close())
+			}
+			err = errors.Join(err, perr)
+		}()
+	}
 	var contenders []started
 	defer func() {
 		for _, s := range contenders {
@@ -97,6 +106,7 @@ type config struct {
 	rounds           int
 	concs, sizes     []int
 	only, cpuprofile string
+	memprofile       string
 	factories        []bench.Factory
 }
 
@@ -130,6 +140,7 @@ func parseFlags(args []string) (*config, error) {
 	sizesFlag := fs.String("body", "16,1024,65536", "body sizes in bytes")
 	fs.StringVar(&cfg.only, "only", "", "run only these contenders (|-separated): a whole name runs that contender only, a part of names every contender whose name holds it")
 	fs.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run here")
+	fs.StringVar(&cfg.memprofile, "memprofile", "", "write an allocation profile of the whole run here, at its end")
 	without := fs.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+strings.ReplaceAll(bench.AllFeatures.String(), "+", ", ")+"; or all)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
