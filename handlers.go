@@ -238,10 +238,11 @@ func RequestFromContext(ctx context.Context) (Request, bool) {
 
 // callContext is the context of req's handler: cancelled at its deadline
 // and when Shutdown stops waiting for handlers, carrying the call's
-// details, its server span and the caller's OpenTelemetry baggage. Close does not cancel it: Close waits for handlers to finish.
+// details, its server span and the caller's OpenTelemetry baggage. Close
+// does not cancel it: Close waits for handlers to finish.
 func (s *Server) callContext(req *request) (context.Context, context.CancelFunc) {
 	d := &req.d
-	ctx := trace.ContextWithSpan(s.handlers, req.cs.span) // and the caller's baggage, if any
+	ctx := trace.ContextWithSpan(s.handlers, req.cs.serverSpan()) // and the caller's baggage, if any
 	if b := baggage.FromContext(req.cs.ctx); b.Len() > 0 {
 		ctx = baggage.ContextWithBaggage(ctx, b)
 	}

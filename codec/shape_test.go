@@ -7,10 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/amqprpc/amqprpc/codec"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/amqprpc/amqprpc/codec"
 )
 
 // Args and Reply have no field in common.
