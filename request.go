@@ -348,16 +348,7 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 			// gives up meanwhile (Close waits for it: the request is in
 			// flight).
 			req.resent = true
-			go func() {
-				t := time.NewTimer(replyResendDelay)
-				defer t.Stop()
-				select {
-				case <-t.C:
-					_ = c.publishReply(req, r)
-				case <-c.abandon: // nil for NewServerCodec: the timer alone
-					c.settle(req, o, r) // the error reply, now
-				}
-			}()
+			go c.resendReply(req, o, r)
 			return
 		}
 		if r != nil && !r.refused {
@@ -386,6 +377,21 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 	c.settleDelivery(&req.d, reject, answered)
 	c.forget(req, answered, r)
 	c.inflight.Done()
+}
+
+// resendReply publishes r again after replyResendDelay, or settles req by
+// o at once if Shutdown gives up on the requests in flight meanwhile. (A
+// func of its own: a closure in settle would put r on the heap for every
+// request.)
+func (c *serverCodec) resendReply(req *request, o transport.Outcome, r *reply) {
+	t := time.NewTimer(replyResendDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		_ = c.publishReply(req, r)
+	case <-c.abandon: // nil for NewServerCodec: the timer alone
+		c.settle(req, o, r) // the error reply, now
+	}
 }
 
 // settleDelivery settles one delivery with the broker: rejected without requeue
