@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -291,6 +292,14 @@ func (p *Publisher) serve(l *confirmChannel) (unconfirmed []*entry) {
 		case <-s.stopping:
 			s.close()
 		case <-s.wake:
+			// Let the goroutines that are ready to publish (the callers
+			// that woke us, and those behind them) queue their messages
+			// first: a bigger batch is fewer writes for us and fewer
+			// reads for the broker. With 64 callers it gained 2-6% calls/s
+			// against the floor with the same features (two alternating
+			// A/B runs); with one caller, nothing is ready and it returns
+			// at once.
+			runtime.Gosched()
 			s.sendBatch()
 		case <-s.headDone():
 			s.confirmBurst()
