@@ -339,12 +339,14 @@ func (c *clientCodec) outcomeError(o transport.Outcome, key, fanout string) erro
 }
 
 // deliveryMode is the AMQP delivery mode for persistent or transient
-// messages.
+// messages. Transient is no delivery mode at all, which means the same to
+// the broker (AMQP 0-9-1, basic properties: non-persistent unless 2) and
+// spares encoding and decoding the property in every request and reply.
 func deliveryMode(persistent bool) uint8 {
 	if persistent {
 		return amqp.Persistent
 	}
-	return amqp.Transient
+	return 0
 }
 
 // isClosed reports whether Close has begun.

@@ -291,7 +291,6 @@ func marshal(cd codec.Codec, body any) (data []byte, err error) {
 func (c *serverCodec) publishReply(req *request, r *reply) error {
 	msg := amqp.Publishing{
 		CorrelationId: req.d.CorrelationId,
-		Type:          req.d.Type,
 		DeliveryMode:  req.d.DeliveryMode, // persistent requests get persistent replies
 		Body:          r.body,
 	}

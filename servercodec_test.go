@@ -44,7 +44,7 @@ func (p *rawPeer) reply() amqp.Delivery {
 }
 
 // The server answers in the request's codec, with the request's
-// correlation id, routed by reply_to.
+// correlation id and delivery mode, routed by reply_to.
 func TestServerWireMapping(t *testing.T) {
 	ns := brokertest.Namespace(t)
 	startServer(t, ns, newRPCServer(t, new(Math)))
@@ -55,7 +55,8 @@ func TestServerWireMapping(t *testing.T) {
 	d := p.reply()
 	assert.Equal(t, "c1", d.CorrelationId)
 	assert.Equal(t, "application/json", d.ContentType)
-	assert.Equal(t, "Math.SumNumbers", d.Type)
+	assert.Empty(t, d.Type, "no type: clients match replies by correlation id (PROTOCOL.md, section 4)")
+	assert.Zero(t, d.DeliveryMode, "a transient request (no delivery mode) gets a transient reply")
 	assert.Equal(t, "10", string(d.Body))
 	assert.NotContains(t, d.Headers, "error")
 
