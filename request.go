@@ -305,8 +305,13 @@ func (c *serverCodec) publishReply(req *request, r *reply) error {
 	}
 	// Replies only ever go to this namespace's response exchange: reply_to
 	// is a routing key there, whatever it says. A reply is worth no more
-	// than its request: it expires with it.
-	err := c.pub.Publish(transport.Message{Exchange: c.responseExchange, Key: req.d.ReplyTo, Deadline: req.deadline, Publishing: msg},
+	// than its request: one that would leave after the request's deadline
+	// is dropped unsent. One sent carries no expiration: it goes to the
+	// client's own queue, whose client drops it if late (or which expires
+	// with its client), and a per-message TTL was the costliest broker
+	// feature in the benchmark (the floor with the same features made 9%
+	// more calls/s without it, the broker spending 14 us less per call).
+	err := c.pub.Publish(transport.Message{Exchange: c.responseExchange, Key: req.d.ReplyTo, Deadline: req.deadline, NoExpiration: true, Publishing: msg},
 		func(o transport.Outcome) { c.settle(req, o, r) })
 	switch {
 	case errors.Is(err, transport.ErrTooLong):

@@ -51,12 +51,14 @@ func TestServerWireMapping(t *testing.T) {
 	p := newRawPeer(t, ns)
 
 	p.send(amqp.Publishing{Type: "Math.SumNumbers", ReplyTo: "rawpeer", CorrelationId: "c1",
-		ContentType: "application/json", Body: []byte("[1,2,3,4]")})
+		ContentType: "application/json", Expiration: "60000", Body: []byte("[1,2,3,4]")})
 	d := p.reply()
 	assert.Equal(t, "c1", d.CorrelationId)
 	assert.Equal(t, "application/json", d.ContentType)
 	assert.Empty(t, d.Type, "no type: clients match replies by correlation id (PROTOCOL.md, section 4)")
 	assert.Zero(t, d.DeliveryMode, "a transient request (no delivery mode) gets a transient reply")
+	assert.Empty(t, d.Expiration, "no expiration: the client drops a late reply")
+	assert.True(t, d.Timestamp.IsZero())
 	assert.Equal(t, "10", string(d.Body))
 	assert.NotContains(t, d.Headers, "error")
 

@@ -29,12 +29,13 @@ const (
 	DurableQueues
 	// Mandatory: requests published mandatory (ErrNoRoute, issue 3).
 	Mandatory
-	// Expiration: the deadline as each message's expiration (issue 2).
+	// Expiration: the deadline as each request's expiration (issue 2).
 	Expiration
 	// AckedReplies: replies consumed with acks (every 64) instead of
 	// auto-ack, so none is lost with a connection (issue 5).
 	AckedReplies
-	// Properties: content type, type and message id.
+	// Properties: content type, type and message id on requests, content
+	// type on replies.
 	Properties
 
 	// AllFeatures is what amqprpc asks the broker for by default.
@@ -214,11 +215,10 @@ func (f *floor) startServer() error {
 			fifo = append(fifo, d.DeliveryTag)
 			p := amqp.Publishing{CorrelationId: d.CorrelationId, Body: d.Body}
 			if f.has&Properties != 0 {
-				p.ContentType, p.Type = d.ContentType, d.Type
+				p.ContentType = d.ContentType // amqprpc's replies carry no type
 			}
-			if f.has&Expiration != 0 {
-				p.Expiration = d.Expiration
-			}
+			// Nor an expiration: the deadline only drops a late reply
+			// unsent (which never happens here).
 			err := out.Publish(f.repX, d.ReplyTo, false, false, p)
 			if err != nil {
 				fifo = fifo[:len(fifo)-1]

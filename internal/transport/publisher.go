@@ -62,6 +62,10 @@ type Message struct {
 	// of one sent is the time left until it, computed when it is written,
 	// with its Timestamp set to that moment.
 	Deadline time.Time
+	// NoExpiration keeps Deadline from setting Expiration and Timestamp:
+	// the message is still dropped if its deadline passes before it is
+	// written, but once sent the broker keeps it until it is consumed.
+	NoExpiration bool
 	// Retried, if set, is called (on the publisher's goroutine; it must not
 	// block) when the channel was lost before the broker confirmed the
 	// message, which is then sent again.
@@ -442,6 +446,9 @@ func (s *session) setExpiration(e *entry, now time.Time) bool {
 			e.done(Expired)
 		}
 		return false
+	}
+	if e.NoExpiration {
+		return true
 	}
 	e.Expiration = strconv.FormatInt(min(left, MaxExpiry), 10)
 	e.Timestamp = now // with Expiration, the receiver can tell how long it waited
