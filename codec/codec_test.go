@@ -41,7 +41,7 @@ func TestGarbageIsAnError(t *testing.T) {
 
 // Raw payloads take a fast path that must match msgpack's own encoding.
 func TestMsgPackRawBytes(t *testing.T) {
-	for _, n := range []int{0, 1, 255, 256, 65535, 65536, 70000} {
+	for _, n := range []int{0, 1, 255, 256, 4095, 4096, 65535, 65536, 70000} {
 		b := make([]byte, n)
 		for i := range b {
 			b[i] = byte(i)
