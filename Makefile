@@ -6,7 +6,8 @@
 # make install — install the amqprpc command (cmd/amqprpc).
 # make bench — bring up a broker and print the comparison table (amqprpc vs
 #              hand-written amqp091-go, plain and with amqprpc's broker
-#              features, vs net/rpc over TCP); BENCHFLAGS adds flags.
+#              features, vs net/rpc over TCP, vs the peer 0x4b53/amqp-rpc);
+#              BENCHFLAGS adds flags. make bench-4x: the same on RabbitMQ 4.3.
 # make fuzz  — run each codec fuzzer for FUZZTIME (default 50000x; make test runs it).
 # make broker — only make sure a broker answers at $(AMQP_URL).
 # make test-4x — the whole suite again on RabbitMQ 4.3 (Debian forky, in a
@@ -32,7 +33,7 @@ GO ?= go
 FUZZTIME ?= 50000x
 FUZZERS = FuzzMsgPack FuzzJSON FuzzGob
 
-.PHONY: all broker test test-4x test-cluster lint fuzz demo bench install clean
+.PHONY: all broker test test-4x test-cluster lint fuzz demo bench bench-4x install clean
 
 all: test
 
@@ -80,6 +81,10 @@ fuzz:
 
 bench: broker
 	cd bench && $(GO) run ./cmd/amqprpc-bench $(BENCHFLAGS)
+
+bench-4x:
+	@bash scripts/rabbitmq4.sh start
+	cd bench && $(GO) run ./cmd/amqprpc-bench -url "$$(bash $(CURDIR)/scripts/rabbitmq4.sh url)" $(BENCHFLAGS)
 
 demo: broker
 	@mkdir -p bin
