@@ -28,10 +28,10 @@ func (c *clientCodec) readReply(d *amqp.Delivery, r *rpc.Response) bool {
 	if p == nil {
 		c.dropped.Add(1)
 		c.log.Debug("amqprpc: dropped a reply that matches no pending call",
-			"correlation_id", d.CorrelationId, "type", d.Type)
+			"correlation_id", d.CorrelationId)
 		return false
 	}
-	*r = rpc.Response{ServiceMethod: d.Type, Seq: seq}
+	*r = rpc.Response{ServiceMethod: p.method, Seq: seq} // replies carry no type
 	if text, isErr := remoteError(d); isErr {
 		r.Error = text
 		switch code, _ := d.Headers[headerErrorCode].(string); code {

@@ -58,10 +58,12 @@ func (s *Server) declare() error {
 // taking requests, waits until the handlers already running have replied
 // (and their requests are acked), lets requests not yet started go back to
 // the queue, and returns nil. It blocks all that time. Up to the prefetch
-// (WithPrefetch) handlers run at once. A lost connection does not end it:
-// it consumes again once the connection is back, and while the request
-// queue cannot be reached (a classic queue whose node is down) it waits
-// for it, logging a warning every 30 s. It returns an error when it cannot
+// (WithPrefetch) handlers run at once, on goroutines that later calls
+// reuse: a handler that locks its OS thread (runtime.LockOSThread) or sets
+// goroutine labels must undo that before it returns. A lost connection
+// does not end it: it consumes again once the connection is back, and
+// while the request queue cannot be reached (a classic queue whose node is
+// down) it waits for it, logging a warning every 30 s. It returns an error when it cannot
 // start consuming, ErrServing while another Serve runs, and ErrClosed
 // after Close. Serve may be called again after it returned.
 func (s *Server) Serve(ctx context.Context) error {

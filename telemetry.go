@@ -64,7 +64,12 @@ var (
 // WithTracerProvider sets where a Client's or Server's spans go. Default:
 // the global provider (otel.GetTracerProvider) at the time the Client or
 // Server is made, which forwards to whatever provider the application sets
-// later; without one, spans are no-ops. A nil tp is an error.
+// later. While none is set, no span is started at all (the caller's span
+// context still travels to the server): pass
+// WithTracerProvider(otel.GetTracerProvider()) to have spans started
+// through the unset global anyway, as OpenTelemetry's eBPF
+// auto-instrumentation (go.opentelemetry.io/auto) needs. A nil tp is an
+// error.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(o *options) error {
 		if tp == nil {

@@ -310,6 +310,7 @@ func (p *Publisher) serve(l *confirmChannel) (unconfirmed []*entry) {
 		case <-l.closed:
 			s.waitClosed()
 			s.confirmBurst() // those the broker confirmed before the end
+			s.takeAcked()    // and acked out of order
 			return s.unconfirmed()
 		}
 	}
@@ -471,8 +472,12 @@ func (s *session) confirmBurst() {
 		ack := e.dc.Acked()
 		if !ack && s.l.ch.IsClosed() {
 			// amqp091-go nacks what is in flight when the channel
-			// closes, after marking it closed: not the broker's nack.
+			// closes, after marking it closed: not the broker's nack
+			// (a real one seen only now is taken for one of those, and
+			// the message sent again). Acks are always the broker's:
+			// those behind are handed out, the rest sent again.
 			s.lost = true
+			s.takeAcked()
 			return
 		}
 		s.sent[0] = nil
@@ -480,6 +485,27 @@ func (s *session) confirmBurst() {
 		e.dc = nil
 		s.confirm(e, ack)
 	}
+}
+
+// takeAcked hands out the messages in flight that the broker acked, in
+// any order, once the channel is lost; the others stay in sent, to be sent
+// again.
+func (s *session) takeAcked() {
+	kept := s.sent[:0]
+	for _, e := range s.sent {
+		select {
+		case <-e.dc.Done():
+			if e.dc.Acked() {
+				e.dc = nil
+				s.confirm(e, true)
+				continue
+			}
+		default:
+		}
+		kept = append(kept, e)
+	}
+	clear(s.sent[len(kept):])
+	s.sent = kept
 }
 
 // confirm hands one broker confirm to its message's callback.
