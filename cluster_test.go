@@ -149,9 +149,12 @@ type clusterLoad struct {
 
 func (l *clusterLoad) call(c *Client, g, j int) error {
 	l.nextJ[g].Store(int64(j) + 1)
+	// A call counts in the stage it was made in: one made while the
+	// classic queue's node was down may end (at its deadline, up to 30 s
+	// later) only in the next stage, which must not be blamed for it.
+	s := l.stage.Load()
 	err := recordCall(c, g, j)
 	now := time.Now()
-	s := l.stage.Load()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err == nil {
