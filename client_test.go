@@ -124,6 +124,8 @@ func TestWireMapping(t *testing.T) {
 	assert.Equal(t, d.CorrelationId, d.MessageId)
 	assert.Equal(t, "[1,2]", string(d.Body), "the body holds only the args")
 	require.NotEmpty(t, d.Expiration, "the deadline travels as expiration")
+	assert.False(t, d.Timestamp.IsZero(), "with the moment it was computed")
+	assert.Zero(t, d.DeliveryMode, "transient: no delivery mode, which means the same to the broker")
 	require.NoError(t, d.Ack(false))
 
 	reply := func(corr string, headers amqp.Table, body string) {

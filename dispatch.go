@@ -34,8 +34,7 @@ func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
 		goroutines sync.WaitGroup
 		waiting    atomic.Int32          // for their turn
 		turn       sync.Mutex            // held by the goroutine waiting for the next call
-		ended      bool                  // c has no more calls; under turn
-		done       = make(chan struct{}) // closed when ended is set
+		done       = make(chan struct{}) // closed, under turn, once c has no more calls
 	)
 	var work func()
 	work = func() {
@@ -44,14 +43,8 @@ func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
 			waiting.Add(1)
 			turn.Lock()
 			waiting.Add(-1)
-			if ended {
-				turn.Unlock()
-				return
-			}
-			req, err := c.next()
+			req, err := c.nextUnless(done)
 			if err != nil {
-				ended = true
-				close(done)
 				turn.Unlock()
 				return
 			}
@@ -83,6 +76,21 @@ func (s *Server) serve(ctx context.Context, c *serverCodec, main bool) {
 		s.serving = false
 	}
 	s.mu.Unlock()
+}
+
+// nextUnless returns c's next call, or an error once done is closed; it
+// closes done when c has no more calls. The caller holds serve's turn.
+func (c *serverCodec) nextUnless(done chan struct{}) (*request, error) {
+	select {
+	case <-done:
+		return nil, io.EOF
+	default:
+	}
+	req, err := c.next()
+	if err != nil {
+		close(done)
+	}
+	return req, err
 }
 
 // handle runs one call through net/rpc's ServeRequest, which looks the

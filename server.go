@@ -63,9 +63,9 @@ func (s *Server) declare() error {
 // goroutine labels must undo that before it returns. A lost connection
 // does not end it: it consumes again once the connection is back, and
 // while the request queue cannot be reached (a classic queue whose node is
-// down) it waits for it, logging a warning every 30 s. It returns an error when it cannot
-// start consuming, ErrServing while another Serve runs, and ErrClosed
-// after Close. Serve may be called again after it returned.
+// down) it waits for it, logging a warning every 30 s. It returns an error
+// when it cannot start consuming, ErrServing while another Serve runs, and
+// ErrClosed after Close. Serve may be called again after it returned.
 func (s *Server) Serve(ctx context.Context) error {
 	c, err := s.start(ctx, transport.ConsumerConfig{QueueName: s.queue, Prefetch: s.opts.prefetch, Setup: s.setup, WaitForQueue: true}, 0, true)
 	if err != nil {

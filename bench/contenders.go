@@ -130,20 +130,28 @@ func (c *amqprpcContender) Close() error {
 	if c.shutdown != nil {
 		err = errors.Join(err, c.shutdown())
 	}
-	conn, derr := amqp.Dial(c.url)
-	if derr != nil {
-		return errors.Join(err, derr)
+	prefix := "rpc_" + c.ns
+	return errors.Join(err, onBroker(c.url, func(ch *amqp.Channel) error {
+		_, err := ch.QueueDelete(prefix+"_request", false, false, false)
+		return errors.Join(err,
+			ch.ExchangeDelete(prefix+"_request", false, false),
+			ch.ExchangeDelete(prefix+"_response", false, false))
+	}))
+}
+
+// onBroker runs f on a channel of a connection of its own to url, for
+// deleting what a contender left.
+func onBroker(url string, f func(*amqp.Channel) error) error {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return err
 	}
 	defer conn.Close()
-	ch, derr := conn.Channel()
-	if derr != nil {
-		return errors.Join(err, derr)
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
 	}
-	prefix := "rpc_" + c.ns
-	_, derr = ch.QueueDelete(prefix+"_request", false, false, false)
-	return errors.Join(err, derr,
-		ch.ExchangeDelete(prefix+"_request", false, false),
-		ch.ExchangeDelete(prefix+"_response", false, false))
+	return f(ch)
 }
 
 // netRPC is net/rpc with its gob codec over a loopback TCP connection.

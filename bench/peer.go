@@ -55,15 +55,8 @@ func (p *peerContender) Close() error {
 	p.client.Stop()
 	p.server.Stop()
 	<-p.done
-	conn, err := amqp.Dial(p.url)
-	if err != nil {
+	return onBroker(p.url, func(ch *amqp.Channel) error {
+		_, err := ch.QueueDelete(p.key, false, false, false)
 		return err
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
-	_, err = ch.QueueDelete(p.key, false, false, false)
-	return err
+	})
 }

@@ -92,11 +92,7 @@ func TestFanoutServerContextAwareAndShutdown(t *testing.T) {
 
 	c.Go("Sleeper.Until", "y", new(string), nil) // a handler that would run until its 60 s deadline
 	time.Sleep(500 * time.Millisecond)           // it is running
-	sctx, scancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer scancel()
-	start := time.Now()
-	assert.ErrorIs(t, s.Shutdown(sctx), context.DeadlineExceeded)
-	assert.Less(t, time.Since(start), 5*time.Second, "bounded by its context")
+	brokertest.ShutdownGivesUp(t, s.Shutdown, 200*time.Millisecond)
 	require.NoError(t, <-served)
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/amqprpc/amqprpc/internal/transport"
@@ -244,6 +245,18 @@ func Messages(t testing.TB, queue string) int {
 		}
 	}
 	return -1
+}
+
+// ShutdownGivesUp calls shutdown (a server's Shutdown, with a handler
+// still running) with a context that ends after wait, and checks that it
+// gives up with the context's error, soon after.
+func ShutdownGivesUp(t testing.TB, shutdown func(context.Context) error, wait time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	start := time.Now()
+	require.ErrorIs(t, shutdown(ctx), context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 5*time.Second, "Shutdown returned soon after its context ended")
 }
 
 // Serve runs serve (a server's Serve) on its own goroutine until t ends,
