@@ -28,7 +28,23 @@ type Config struct {
 	Name string
 	// Backoff paces reconnection; zero means DefaultBackoff.
 	Backoff Backoff
+	// FrameSize is the largest frame offered to the broker, in bytes; zero
+	// means amqp091-go's default (128 KiB).
+	FrameSize int
 }
+
+// ConsumeFrameSize is the frame size, in bytes, that consuming connections
+// offer the broker: 64 KiB of payload plus a frame's 8 bytes of header and
+// end. The broker cuts a delivery's body into frames of the consumer's
+// size, and amqp091-go (v1.16.0, readBytes) reads a frame's payload in
+// 64 KiB chunks, growing its buffer and copying it when a payload is
+// longer: with its default of 128 KiB, a 64 KiB payload (a few bytes
+// longer once encoded) costs a second large allocation and copy on every
+// delivery. Publishing connections keep the default, so that such a
+// message still goes out as one frame. Measured (bench, 64 callers,
+// alternating with the default): 64 KiB payloads 2670 -> 3202 calls/s and
+// 397 -> 315 us of CPU per call; 256 KiB within the noise.
+const ConsumeFrameSize = 64<<10 + 8
 
 // handshakeTimeout bounds the TCP connect and the TLS and AMQP handshakes.
 const handshakeTimeout = 30 * time.Second
@@ -51,6 +67,7 @@ func dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, *co
 	}
 	conn, err := amqp.DialConfig(rawURL, amqp.Config{
 		Heartbeat:       cfg.Heartbeat,
+		FrameSize:       cfg.FrameSize,
 		TLSClientConfig: tlsConfig,
 		Properties:      props,
 		Locale:          "en_US",
