@@ -51,7 +51,7 @@ func Contenders() []Factory {
 	return []Factory{
 		{"amqprpc", "amqprpc", startAmqprpc},
 		{"amqprpc, OpenTelemetry on", "otel", startAmqprpcOTel},
-		{"floor: amqp091-go by hand", "floor", startFloor},
+		{"floor: amqp091-go by hand", "floor", startPlainFloor},
 		{"floor with the same broker features", "floorlike", startFloorLike},
 		{"net/rpc over TCP (no broker)", "netrpc", startNetRPC},
 		{"0x4b53/amqp-rpc v5 (defaults)", "peer", startPeer},

@@ -14,8 +14,8 @@ import (
 
 func TestMain(m *testing.M) { brokertest.Main(m) }
 
-// Every contender of the comparison, and the floor without each of
-// amqprpc's broker features (-without), echoes bodies of the sizes the
+// Every contender of the comparison, the floor without each of amqprpc's
+// broker features (-without) and the floor with direct reply-to, echoes bodies of the sizes the
 // table uses, is measured by Run, and deletes what it declared on Close.
 func TestContenders(t *testing.T) {
 	brokertest.Need(t)
@@ -23,6 +23,7 @@ func TestContenders(t *testing.T) {
 	for f := Feature(1); f < AllFeatures; f <<= 1 {
 		factories = append(factories, FloorWithout(f))
 	}
+	factories = append(factories, FloorDirectReplyTo)
 	for _, f := range factories {
 		t.Run(f.Short, func(t *testing.T) {
 			c, err := f.Start(brokertest.URL())

@@ -75,10 +75,14 @@ func ParseFeature(name string) (Feature, error) {
 // plain floor is what those features cost the broker and the client
 // library; the gap between it and amqprpc is amqprpc's own.
 type floor struct {
-	has   Feature
-	queue string
-	reqX  string // "" is the default exchange
-	repX  string
+	has Feature
+	// directReplyTo: replies through RabbitMQ's direct reply-to, consumed
+	// without acks on the client's publishing channel, instead of a reply
+	// queue (only without features).
+	directReplyTo bool
+	queue         string
+	reqX          string // "" is the default exchange
+	repX          string
 
 	// client
 	cconn   *amqp.Connection
@@ -98,7 +102,7 @@ type floor struct {
 	cpub, spub *amqp.Connection
 }
 
-func startFloor(url string) (Contender, error) { return StartFloor(url, 0) }
+func startPlainFloor(url string) (Contender, error) { return StartFloor(url, 0) }
 
 func startFloorLike(url string) (Contender, error) { return StartFloor(url, AllFeatures) }
 
@@ -112,9 +116,22 @@ func FloorWithout(f Feature) Factory {
 	}
 }
 
+// FloorDirectReplyTo is the plain floor with its replies sent through
+// RabbitMQ's direct reply-to (amq.rabbitmq.reply-to) instead of a reply
+// queue: what issue 15 asked to measure before building on it.
+var FloorDirectReplyTo = Factory{
+	Name:  "floor, direct reply-to",
+	Short: "floor-direct-reply-to",
+	Start: func(url string) (Contender, error) { return startFloor(url, 0, true) },
+}
+
 // StartFloor starts the hand-written floor, asking the broker for features.
 func StartFloor(url string, features Feature) (Contender, error) {
-	f := &floor{has: features, queue: randomName("bench_floor_"), waiting: make(map[string]chan []byte)}
+	return startFloor(url, features, false)
+}
+
+func startFloor(url string, features Feature, directReplyTo bool) (Contender, error) {
+	f := &floor{has: features, directReplyTo: directReplyTo, queue: randomName("bench_floor_"), waiting: make(map[string]chan []byte)}
 	conns := make([]*amqp.Connection, 2, 4)
 	if f.has&SplitConnections != 0 {
 		conns = conns[:4]
@@ -230,6 +247,9 @@ func (f *floor) startServer() error {
 }
 
 func (f *floor) startClient() error {
+	if f.directReplyTo {
+		return f.startDirectReplyToClient()
+	}
 	ch, err := f.cconn.Channel()
 	if err != nil {
 		return err
@@ -262,6 +282,34 @@ func (f *floor) startClient() error {
 		return err
 	}
 	confirms := f.pubCh.NotifyPublish(make(chan amqp.Confirmation, 1024))
+	f.receive(confirms, replies, acked)
+	return nil
+}
+
+// startDirectReplyToClient consumes replies from amq.rabbitmq.reply-to,
+// without acks as RabbitMQ requires, on the channel that publishes the
+// requests.
+func (f *floor) startDirectReplyToClient() error {
+	var err error
+	if f.pubCh, err = f.cpub.Channel(); err != nil {
+		return err
+	}
+	const replyTo = "amq.rabbitmq.reply-to"
+	replies, err := f.pubCh.Consume(replyTo, "", true, false, false, false, nil)
+	if err != nil {
+		return err
+	}
+	if err := f.pubCh.Confirm(false); err != nil {
+		return err
+	}
+	f.replyQ = replyTo
+	f.receive(f.pubCh.NotifyPublish(make(chan amqp.Confirmation, 1024)), replies, false)
+	return nil
+}
+
+// receive drains the client's confirms and hands each reply to its caller,
+// acking them every 64 if acked.
+func (f *floor) receive(confirms <-chan amqp.Confirmation, replies <-chan amqp.Delivery, acked bool) {
 	f.done.Add(2)
 	go func() { // confirms must be drained
 		defer f.done.Done()
@@ -284,7 +332,6 @@ func (f *floor) startClient() error {
 			}
 		}
 	}()
-	return nil
 }
 
 func (f *floor) Call(ctx context.Context, body []byte) ([]byte, error) {

@@ -150,6 +150,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&cfg.only, "only", "", "run only these contenders (|-separated): a whole name runs that contender only, a part of names every contender whose name holds it")
 	fs.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run here")
 	fs.StringVar(&cfg.memprofile, "memprofile", "", "write an allocation profile of the whole run here, at its end")
+	directReplyTo := fs.Bool("direct-reply-to", false, "also run the floor with its replies through RabbitMQ's direct reply-to instead of a reply queue")
 	without := fs.String("without", "", "also run the floor with the same broker features but one, for each feature listed (comma-separated: "+strings.ReplaceAll(bench.AllFeatures.String(), "+", ", ")+"; or all)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -165,6 +166,9 @@ func parseFlags(args []string) (*config, error) {
 		return nil, fmt.Errorf("-rounds %d: at least 1", cfg.rounds)
 	}
 	cfg.factories = bench.Contenders()
+	if *directReplyTo {
+		cfg.factories = append(cfg.factories, bench.FloorDirectReplyTo)
+	}
 	if *without != "" {
 		names := strings.Split(*without, ",")
 		if *without == "all" {

@@ -46,13 +46,13 @@ func TestOnly(t *testing.T) {
 	prof := filepath.Join(t.TempDir(), "mem.prof")
 	var out strings.Builder
 	require.NoError(t, run([]string{"-url", brokertest.URL(), "-c", "1", "-body", "16", "-rounds", "1",
-		"-duration", "100ms", "-warmup", "10ms", "-only", "amqprpc|by hand", "-memprofile", prof}, &out))
+		"-duration", "100ms", "-warmup", "10ms", "-only", "amqprpc|by hand|direct reply-to", "-direct-reply-to", "-memprofile", prof}, &out))
 	rows := regexp.MustCompile(`(?m)^\| 16 B \| 1 \| ([^|]+) \|`).FindAllStringSubmatch(out.String(), -1)
 	var names []string
 	for _, r := range rows {
 		names = append(names, strings.TrimSpace(r[1]))
 	}
-	assert.Equal(t, []string{"amqprpc", "floor: amqp091-go by hand"}, names)
+	assert.Equal(t, []string{"amqprpc", "floor: amqp091-go by hand", "floor, direct reply-to"}, names)
 	st, err := os.Stat(prof)
 	require.NoError(t, err)
 	assert.Positive(t, st.Size(), "the allocation profile")
