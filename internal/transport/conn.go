@@ -230,13 +230,13 @@ const closeTimeout = 5 * time.Second
 
 // closeBounded closes conn, waiting at most closeTimeout for the broker's
 // close-ok. A broker that blocks the connection (memory alarm) stops reading
-// it, and amqp091-go's own deadline does not hold: its heartbeater moves
-// the read deadline on. Past closeTimeout the network connection is cut,
-// which ends the wait at once.
+// it, and never answers. Past closeTimeout the network connection is cut,
+// which ends the wait at once. (amqp091-go's CloseDeadline cannot do it: it
+// needs a net.Conn under the connection, and dial gives it a deadlineConn.)
 func (c *Conn) closeBounded(conn *amqp.Connection) {
 	closed := make(chan struct{})
 	go func() {
-		_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+		_ = conn.Close()
 		close(closed)
 	}()
 	t := time.NewTimer(closeTimeout)
