@@ -278,7 +278,6 @@ func connections(url string, o *options, name string) (pub, sub *transport.Conn,
 	if pub, err = transport.Open(url, cfg, o.logger); err != nil {
 		return nil, nil, nil, err
 	}
-	cfg.FrameSize = transport.ConsumeFrameSize
 	if sub, err = transport.Open(url, cfg, o.logger); err != nil {
 		_ = pub.Close()
 		return nil, nil, nil, err

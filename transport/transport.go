@@ -72,7 +72,6 @@ func Dial(url string, cfg Config) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.FrameSize = itransport.ConsumeFrameSize
 	sub, err := itransport.Open(url, c, log)
 	if err != nil {
 		_ = pub.Close()

@@ -33,23 +33,7 @@ type Config struct {
 	Name string
 	// Backoff paces reconnection; zero means DefaultBackoff.
 	Backoff Backoff
-	// FrameSize is the largest frame offered to the broker, in bytes; zero
-	// means amqp091-go's default (128 KiB).
-	FrameSize int
 }
-
-// ConsumeFrameSize is the frame size, in bytes, that consuming connections
-// offer the broker: 64 KiB of payload plus a frame's 8 bytes of header and
-// end. The broker cuts a delivery's body into frames of the consumer's
-// size, and amqp091-go (v1.16.0, readBytes) reads a frame's payload in
-// 64 KiB chunks, growing its buffer and copying it when a payload is
-// longer: with its default of 128 KiB, a 64 KiB payload (a few bytes
-// longer once encoded) costs a second large allocation and copy on every
-// delivery. Publishing connections keep the default, so that such a
-// message still goes out as one frame. Measured (bench, 64 callers,
-// alternating with the default): 64 KiB payloads 2670 -> 3202 calls/s and
-// 397 -> 315 us of CPU per call; 256 KiB within the noise.
-const ConsumeFrameSize = 64<<10 + 8
 
 // handshakeTimeout bounds the TCP connect and the TLS and AMQP handshakes,
 // unless the URL's connection_timeout says otherwise.
@@ -128,8 +112,8 @@ func dialURL(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, 
 }
 
 // amqpConfig is the amqp.Config for uri (rawURL parsed): what
-// amqp.DialConfig would derive from it, with cfg's frame size and heartbeat
-// (the URL's heartbeat parameter wins, as in DialConfig).
+// amqp.DialConfig would derive from it, with cfg's heartbeat (the URL's
+// heartbeat parameter wins, as in DialConfig).
 func amqpConfig(rawURL string, uri amqp.URI, cfg Config) (amqp.Config, error) {
 	props := amqp.NewConnectionProperties()
 	if cfg.Name != "" {
@@ -138,7 +122,7 @@ func amqpConfig(rawURL string, uri amqp.URI, cfg Config) (amqp.Config, error) {
 	config := amqp.Config{
 		Vhost:      uri.Vhost,
 		ChannelMax: uri.ChannelMax,
-		FrameSize:  cmp.Or(cfg.FrameSize, defaultFrameSize),
+		FrameSize:  defaultFrameSize,
 		Heartbeat:  cmp.Or(cfg.Heartbeat, defaultHeartbeat),
 		Properties: props,
 		Locale:     "en_US",
@@ -230,6 +214,19 @@ func (c *deadlineConn) Close() error { return c.conn.Close() }
 
 // SetDeadline is how amqp.Open clears the handshake's deadline.
 func (c *deadlineConn) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
+
+// LocalAddr, RemoteAddr and ConnectionState serve amqp.Connection's methods
+// of the same names.
+func (c *deadlineConn) LocalAddr() net.Addr { return c.conn.LocalAddr() }
+
+func (c *deadlineConn) RemoteAddr() net.Addr { return c.conn.RemoteAddr() }
+
+func (c *deadlineConn) ConnectionState() tls.ConnectionState {
+	if tc, ok := c.conn.(*tls.Conn); ok {
+		return tc.ConnectionState()
+	}
+	return tls.ConnectionState{}
+}
 
 // SplitURLs returns the broker URLs in raw: one URL, or several separated
 // by commas (the nodes of a cluster), each amqp:// or amqps:// with its own

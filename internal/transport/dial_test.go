@@ -54,10 +54,9 @@ func TestAMQPConfig(t *testing.T) {
 	assert.Equal(t, "\x00u\x00p", c.SASL[0].Response())
 
 	c = config(t, "amqp://u:p@h/?heartbeat=3&channel_max=7&auth_mechanism=amqplain&auth_mechanism=external",
-		Config{Heartbeat: 20 * time.Second, FrameSize: ConsumeFrameSize})
+		Config{Heartbeat: 20 * time.Second})
 	assert.Equal(t, 3*time.Second, c.Heartbeat, "the URL's heartbeat wins")
 	assert.Equal(t, uint16(7), c.ChannelMax)
-	assert.Equal(t, ConsumeFrameSize, c.FrameSize)
 	var mechanisms []string
 	for _, a := range c.SASL {
 		mechanisms = append(mechanisms, a.Mechanism())
