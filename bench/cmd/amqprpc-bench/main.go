@@ -142,9 +142,14 @@ func parseFlags(args []string) (*config, error) {
 	fs := flag.NewFlagSet("amqprpc-bench", flag.ContinueOnError)
 	cfg := &config{}
 	fs.StringVar(&cfg.url, "url", envOr("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "broker URL")
-	fs.DurationVar(&cfg.duration, "duration", time.Second, "measured time per contender, concurrency, body size and round")
-	fs.DurationVar(&cfg.warmup, "warmup", 300*time.Millisecond, "unmeasured calls before each measurement")
-	fs.IntVar(&cfg.rounds, "rounds", 2, "turns each contender takes at each point")
+	// Short turns: the machine's speed drifts over seconds, and the more
+	// finely contenders alternate, the more alike the drift hits them.
+	// Issue 15: amqprpc's calls/s over the same-features floor's at one
+	// caller, three runs each way, were 0.86-1.05 with 1 s turns and
+	// 0.89-0.94 with 250 ms ones.
+	fs.DurationVar(&cfg.duration, "duration", 250*time.Millisecond, "measured time per contender, concurrency, body size and round")
+	fs.DurationVar(&cfg.warmup, "warmup", 50*time.Millisecond, "unmeasured calls before each measurement")
+	fs.IntVar(&cfg.rounds, "rounds", 8, "turns each contender takes at each point")
 	concsFlag := fs.String("c", "1,16,64,256", "concurrent callers")
 	sizesFlag := fs.String("body", "16,1024,65536", "body sizes in bytes")
 	fs.StringVar(&cfg.only, "only", "", "run only these contenders (|-separated): a whole name runs that contender only, a part of names every contender whose name holds it")
