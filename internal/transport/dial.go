@@ -63,7 +63,7 @@ func dial(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, *co
 }
 
 func dialURL(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, *corkConn, error) {
-	uri, err := amqp.ParseURI(rawURL)
+	uri, err := ParseURI(rawURL)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -107,7 +107,12 @@ func dialURL(ctx context.Context, rawURL string, cfg Config) (*amqp.Connection, 
 	}
 	// amqp091-go sends heartbeats every half interval; like it, give the
 	// broker three of those before the link is taken for dead.
-	dc.timeout.Store(int64(3 * conn.Config.Heartbeat / 2))
+	if t := 3 * conn.Config.Heartbeat / 2; t > 0 {
+		dc.timeout.Store(int64(t))
+		// The reader may be in a Read begun before the timeout was
+		// known, and Open cleared the handshake's deadline.
+		_ = under.SetReadDeadline(time.Now().Add(t + t/4))
+	}
 	return conn, cc, nil
 }
 
@@ -190,8 +195,9 @@ func tlsConfigFor(uri amqp.URI, given *tls.Config) (*tls.Config, error) {
 // goroutine wake-up and a timer change per frame, several per call, which
 // at one caller cost about a tenth of the calls/s (bench, alternating
 // builds). deadlineConn moves the deadline from the reading goroutine
-// itself, at most every quarter of the timeout, so a silent link is still
-// noticed after 1.25 to 1.5 heartbeat intervals, as before.
+// itself, at most every quarter of the timeout (1.5 heartbeat intervals,
+// as amqp091-go's), so a silent link is noticed after 1.5 to 1.9
+// intervals, where amqp091-go takes 1.5.
 type deadlineConn struct {
 	conn    net.Conn
 	timeout atomic.Int64 // nanoseconds; 0 until the handshake is done
@@ -200,8 +206,10 @@ type deadlineConn struct {
 
 func (c *deadlineConn) Read(p []byte) (int, error) {
 	if t := time.Duration(c.timeout.Load()); t > 0 {
+		// Moved at most every t/4, the deadline is t + t/4 away, so a
+		// Read never has less than t.
 		if now := time.Now(); now.Sub(c.moved) > t/4 {
-			_ = c.conn.SetReadDeadline(now.Add(t))
+			_ = c.conn.SetReadDeadline(now.Add(t + t/4))
 			c.moved = now
 		}
 	}
@@ -239,7 +247,7 @@ func SplitURLs(raw string) ([]string, error) {
 		if u == "" {
 			continue
 		}
-		if _, err := amqp.ParseURI(u); err != nil {
+		if _, err := ParseURI(u); err != nil {
 			return nil, fmt.Errorf("amqprpc: broker URL %s: %w", Redact(u), err)
 		}
 		urls = append(urls, u)
@@ -266,6 +274,23 @@ func dialAny(ctx context.Context, urls []string, cfg Config) (*amqp.Connection, 
 		}
 	}
 	return nil, nil, "", errors.Join(errs...)
+}
+
+// errUnparsableURL replaces net/url's errors, which quote the URL,
+// password included.
+var errUnparsableURL = errors.New("not a URL (reserved characters in the user name or password must be percent-encoded, RFC 3986 section 3.2.1)")
+
+// ParseURI is amqp.ParseURI with errors that never contain the URL: those
+// of net/url quote it whole, password included (amqp091-go v1.16.0 wraps
+// them as they are), and even their detail ("invalid port") can hold part
+// of a password with a reserved character in it.
+func ParseURI(rawURL string) (amqp.URI, error) {
+	uri, err := amqp.ParseURI(rawURL)
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		return amqp.URI{}, errUnparsableURL
+	}
+	return uri, err
 }
 
 // Redact returns rawURL with its password replaced by "xxxxx", for logs and

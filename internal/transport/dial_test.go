@@ -21,7 +21,11 @@ func TestSplitURLs(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"amqp://u:p%2Cq@a/"}, urls, "an encoded comma stays in the password")
 
-	for _, bad := range []string{"", " , ", "http://a/", "amqp://u:secret@a/,nonsense://u:secret@b/"} {
+	// Every URL net/url rejects: its errors quote the URL, and their
+	// detail can hold part of a password ("invalid port ":secret"").
+	for _, bad := range []string{"", " , ", "http://a/", "amqp://u:secret@a/,nonsense://u:secret@b/",
+		"amqp://u:secret@a:bad/", "amqp://u:secret%zz@a/", "amqp://u:secret@[::1/", "amqp://u:pw/secret@a/",
+		"amqps://u:secret@a:5671/vh,amqp://u:secret@b:x/"} {
 		_, err := SplitURLs(bad)
 		assert.Error(t, err, "%q", bad)
 		if err != nil {
@@ -71,6 +75,11 @@ func TestAMQPConfig(t *testing.T) {
 	require.NoError(t, err)
 	_, err = amqpConfig(raw, uri, Config{})
 	assert.ErrorContains(t, err, "unsupported auth_mechanism")
+
+	_, err = ParseURI("amqp://u:secret@a:bad/")
+	assert.ErrorIs(t, err, errUnparsableURL)
+	_, err = ParseURI("nonsense://a/")
+	assert.ErrorContains(t, err, "scheme", "amqp091-go's own errors pass")
 }
 
 // The TLS configuration is a clone of the caller's, or amqp091-go's from
@@ -127,5 +136,7 @@ func TestDeadlineConn(t *testing.T) {
 	silent := time.Now()
 	_, err := dc.Read(p)
 	assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
-	assert.Less(t, time.Since(silent), timeout+100*time.Millisecond)
+	took := time.Since(silent)
+	assert.Less(t, took, timeout+timeout/4+100*time.Millisecond, "noticed after 1.25 timeouts at most")
+	assert.Greater(t, took, timeout-timeout/4, "never less than the timeout from the last byte")
 }
