@@ -255,3 +255,20 @@ func TestVersion(t *testing.T) {
 	require.Equal(t, 0, r.code)
 	assert.Regexp(t, `^amqprpc \S+ \(library \S+.*go1\.`, r.stdout)
 }
+
+// A broker URL that does not parse is refused without quoting its password,
+// whichever command reads it (net/url's errors quote the whole URL).
+func TestBadURLHidesPassword(t *testing.T) {
+	for _, args := range [][]string{
+		{"ping", "arith"},
+		{"call", "arith", "Arith.Add", `{"A":1,"B":2}`},
+		{"status", "arith"},
+		{"status", "--mgmt", "", "arith"},
+	} {
+		for _, u := range []string{"amqp://bob:s3cret@127.0.0.1:bad/", "amqp://bob:s3cret%zz@127.0.0.1/", "amqp://bob:pw/s3cret@127.0.0.1/"} {
+			r := runCmd(t, "", append(args, "--url", u)...)
+			assert.NotZero(t, r.code, "%v %s", args, u)
+			assert.NotContains(t, r.stdout+r.stderr, "s3cret", "%v %s", args, u)
+		}
+	}
+}

@@ -15,6 +15,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/spf13/cobra"
+
+	"github.com/amqprpc/amqprpc/internal/transport"
 )
 
 func newStatusCmd(g *globals) *cobra.Command {
@@ -108,7 +110,7 @@ type queueStatus struct {
 // API calls in the fragment.
 func managementURL(brokerURL, mgmt string) (*url.URL, error) {
 	first := strings.TrimSpace(strings.Split(brokerURL, ",")[0])
-	bu, err := amqp.ParseURI(first)
+	bu, err := transport.ParseURI(first) // errors without the password
 	if err != nil {
 		return nil, fmt.Errorf("--url: %w", err)
 	}
@@ -285,6 +287,9 @@ func longestNamespace(name string, namespaces []string) string {
 // passive declares.
 func fromAMQP(brokerURL string, namespaces []string) (*statusReport, error) {
 	first := strings.TrimSpace(strings.Split(brokerURL, ",")[0])
+	if _, err := transport.ParseURI(first); err != nil { // amqp.Dial's would quote the password
+		return nil, fmt.Errorf("--url: %w", err)
+	}
 	conn, err := amqp.Dial(first)
 	if err != nil {
 		return nil, exit(exitUnreachable, fmt.Errorf("connecting to %s: %w", redact(first), err))
