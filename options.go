@@ -203,8 +203,12 @@ func WithCallTimeout(d time.Duration) Option {
 }
 
 // WithHeartbeat sets the AMQP heartbeat interval, which detects a dead
-// broker or network. Default: 10 s ([DefaultHeartbeat]). Zero is an error
-// (without heartbeats a dead peer can go unnoticed for minutes).
+// broker or network. Default: 10 s ([DefaultHeartbeat]). Under 1 s is an
+// error (without heartbeats a dead peer can go unnoticed for minutes). The
+// broker may negotiate a shorter one (the lower of the two values, per
+// RabbitMQ's heartbeats guide); both sides send a heartbeat every half
+// interval when idle, and a connection that receives nothing for 1.5 to 1.9
+// intervals is taken for dead and dialed again.
 func WithHeartbeat(d time.Duration) Option {
 	return func(o *options) error {
 		if d < time.Second {
