@@ -475,9 +475,9 @@ func (s *session) confirmBurst() {
 			// closes, after marking it closed: not the broker's nack
 			// (a real one seen only now is taken for one of those, and
 			// the message sent again). Acks are always the broker's:
-			// those behind are handed out, the rest sent again.
+			// once the channel's close is seen, takeAcked hands out
+			// those behind, and the rest are sent again.
 			s.lost = true
-			s.takeAcked()
 			return
 		}
 		s.sent[0] = nil
