@@ -271,4 +271,10 @@ func TestBadURLHidesPassword(t *testing.T) {
 			assert.NotContains(t, r.stdout+r.stderr, "s3cret", "%v %s", args, u)
 		}
 	}
+	// The management API's URL, the other URL the command takes.
+	for _, m := range []string{"http://bob:s3cret@127.0.0.1:bad/", "ftp://bob:s3cret@/", "http://bob:s3cret%zz@127.0.0.1:15672/"} {
+		r := runCmd(t, "", "status", "--mgmt", m, "arith")
+		assert.NotZero(t, r.code, m)
+		assert.NotContains(t, r.stdout+r.stderr, "s3cret", m)
+	}
 }

@@ -117,7 +117,7 @@ func managementURL(brokerURL, mgmt string) (*url.URL, error) {
 	if mgmt != "" {
 		u, err := url.Parse(mgmt)
 		if err != nil || u.Host == "" {
-			return nil, fmt.Errorf("--mgmt %q: not an http(s) URL", mgmt)
+			return nil, fmt.Errorf("--mgmt %s: not an http(s) URL", transport.Redact(mgmt))
 		}
 		if u.User == nil {
 			u.User = url.UserPassword(bu.Username, bu.Password)
