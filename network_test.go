@@ -32,13 +32,22 @@ func TestBlackHoledConnection(t *testing.T) {
 	require.NoError(t, c.Call("Math.SumNumbers", []int{1}, &sum))
 
 	proxy.Blackhole(true)
+	cut := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- c.CallContext(ctx, "Math.SumNumbers", []int{40, 2}, &sum) }()
 
-	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "connection lost") }, 30*time.Second, 50*time.Millisecond,
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "connection lost") }, 30*time.Second, 10*time.Millisecond,
 		"the heartbeat notices the dead link")
+	// WithHeartbeat's promise: lost after 1.5 to 1.9 intervals without a
+	// frame. The last frame came at most half an interval before the cut
+	// (the broker's heartbeats), so 1 to 1.9 s after it, and some slack
+	// for a loaded machine.
+	noticed := time.Since(cut)
+	t.Logf("the dead link was noticed %v after the cut", noticed.Round(time.Millisecond))
+	assert.Greater(t, noticed, 900*time.Millisecond, "not before 1.5 silent intervals")
+	assert.Less(t, noticed, 3*time.Second, "within 1.9 silent intervals")
 	proxy.Blackhole(false)
 	require.NoError(t, <-done)
 	assert.Equal(t, 42, sum)
