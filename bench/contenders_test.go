@@ -15,8 +15,9 @@ import (
 func TestMain(m *testing.M) { brokertest.Main(m) }
 
 // Every contender of the comparison, the floor without each of amqprpc's
-// broker features (-without) and the floor with direct reply-to, echoes bodies of the sizes the
-// table uses, is measured by Run, and deletes what it declared on Close.
+// broker features (-without) and the floor with direct reply-to, echoes
+// bodies of the sizes the table uses, is measured by Run, and deletes what
+// it declared on Close.
 func TestContenders(t *testing.T) {
 	brokertest.Need(t)
 	factories := Contenders()
