@@ -2,9 +2,15 @@ package amqprpc
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/amqprpc/amqprpc/internal/brokertest"
@@ -38,4 +44,81 @@ func TestBodiesAcrossFrames(t *testing.T) {
 		require.NoError(t, c.Call("Raw.Echo", p, &got), "%d bytes", n)
 		require.True(t, bytes.Equal(p, got), "%d bytes: the reply differs", n)
 	}
+}
+
+// setFrameMax makes the broker offer a frame_max of n bytes to the
+// connections opened from now on (RabbitMQ reads it at each handshake),
+// and puts the old value back when t ends.
+func setFrameMax(t *testing.T, n int) {
+	was := strings.TrimSpace(brokertest.Rabbitmqctl(t, "eval", "{ok, N} = application:get_env(rabbit, frame_max), N."))
+	_, err := strconv.Atoi(was)
+	require.NoError(t, err, "frame_max: %s", was)
+	brokertest.Rabbitmqctl(t, "eval", fmt.Sprintf("application:set_env(rabbit, frame_max, %d).", n))
+	t.Cleanup(func() { brokertest.Rabbitmqctl(t, "eval", "application:set_env(rabbit, frame_max, "+was+").") })
+}
+
+// wideChannel is a channel on a connection of its own whose frame_max is
+// the broker's: it can publish properties larger than 128 KiB.
+func wideChannel(t *testing.T) *amqp.Channel {
+	conn, err := amqp.DialConfig(brokertest.URL(), amqp.Config{FrameSize: amqp.FrameSizeUnlimited})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	return ch
+}
+
+// bigHeaders are properties that fill more than the 128 KiB frame_max a
+// broker offers by default, and fit the one setFrameMax gives it.
+func bigHeaders() amqp.Table {
+	return amqp.Table{"x-app-context": strings.Repeat("h", 200<<10)}
+}
+
+// A broker configured with a frame_max over 128 KiB takes a request whose
+// properties need a frame that large from a foreign client. The server
+// reads it and answers; it did not close its connection on the frame (as
+// amqp091-go does with one over the size negotiated), which the request,
+// put back, would close again on every delivery.
+func TestRequestHeadersBeyondDefaultFrameMax(t *testing.T) {
+	setFrameMax(t, 1<<20)
+	ns := brokertest.Namespace(t)
+	s := startServer(t, ns, newRPCServer(t, new(Math)))
+	p := newRawPeer(t, ns)
+	p.ch = wideChannel(t)
+	p.send(amqp.Publishing{Type: "Math.SumNumbers", ReplyTo: "rawpeer", CorrelationId: "big", MessageId: "big",
+		ContentType: "application/json", Body: []byte(`[1,2]`), Headers: bigHeaders()})
+	d := p.reply()
+	assert.Equal(t, "big", d.CorrelationId)
+	assert.Nil(t, d.Headers["error"])
+	assert.Equal(t, "3", string(d.Body))
+	var sum int
+	require.NoError(t, dial(t, ns).Call("Math.SumNumbers", []int{2, 3}, &sum))
+	assert.Equal(t, 5, sum)
+	assert.Zero(t, reconnects(s.pubConn, s.subConn)(), "the server kept its connections")
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
+}
+
+// The same for a reply, from a foreign server: the client reads it, and
+// the call gets its result.
+func TestReplyHeadersBeyondDefaultFrameMax(t *testing.T) {
+	setFrameMax(t, 1<<20)
+	ns := brokertest.Namespace(t)
+	c := dial(t, ns)
+	ch := wideChannel(t)
+	n, _ := newNames(ns, &options{})
+	requests, err := ch.Consume(n.requestQueue, "", true, false, false, false, nil)
+	require.NoError(t, err)
+	go func() {
+		for d := range requests { // a foreign server: echoes the body, with big headers
+			_ = ch.Publish(n.responseExchange, d.ReplyTo, false, false, amqp.Publishing{CorrelationId: d.CorrelationId,
+				ContentType: d.ContentType, Body: d.Body, Headers: bigHeaders()})
+		}
+	}()
+	for i := range 3 {
+		p := []byte(fmt.Sprint("call ", i))
+		var got []byte
+		require.NoError(t, c.Call("Raw.Echo", p, &got))
+		assert.Equal(t, p, got)
+	}
+	assert.Zero(t, c.conn.Reconnects(), "the client kept the connection it consumes on")
 }

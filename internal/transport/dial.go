@@ -39,12 +39,9 @@ type Config struct {
 // unless the URL's connection_timeout says otherwise.
 const handshakeTimeout = 30 * time.Second
 
-// The defaults amqp.DialConfig applies (amqp091-go v1.16.0), which Open
-// does not.
-const (
-	defaultFrameSize = 128 << 10 // bytes
-	defaultHeartbeat = 10 * time.Second
-)
+// defaultHeartbeat is the heartbeat amqp.DialConfig asks for (amqp091-go
+// v1.16.0), which Open does not.
+const defaultHeartbeat = 10 * time.Second
 
 // dial opens one AMQP connection and returns it with the corkable network
 // connection under it; ending ctx interrupts it. Its errors never contain
@@ -127,7 +124,14 @@ func amqpConfig(rawURL string, uri amqp.URI, cfg Config) (amqp.Config, error) {
 	config := amqp.Config{
 		Vhost:      uri.Vhost,
 		ChannelMax: uri.ChannelMax,
-		FrameSize:  defaultFrameSize,
+		// The broker's frame_max, whatever it is, rather than the 128 KiB
+		// DialConfig asks for: a message comes in one content header
+		// frame however large its properties, and amqp091-go closes the
+		// connection on a frame over the size negotiated. A broker whose
+		// frame_max is larger takes such a message from a foreign client,
+		// and a consumer with a smaller one would be closed by it on every
+		// delivery. Reads still allocate in 64 KiB steps as bytes arrive.
+		FrameSize:  amqp.FrameSizeUnlimited,
 		Heartbeat:  cmp.Or(cfg.Heartbeat, defaultHeartbeat),
 		Properties: props,
 		Locale:     "en_US",
