@@ -332,6 +332,8 @@ func (c *clientCodec) outcomeError(o transport.Outcome, key, fanout string) erro
 		return &noRouteError{key: key, fanout: fanout}
 	case transport.Failed:
 		return errAbandoned
+	case transport.TooLarge:
+		return errOverFrameMax
 	case transport.Abandoned:
 		return rpc.ErrShutdown // the publisher stops only with Close
 	}

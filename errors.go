@@ -65,8 +65,12 @@ var (
 	// ErrTooLong means a name or property does not fit AMQP: a method
 	// name, routing key, queue name, client id or header key over 255
 	// bytes (AMQP 0-9-1 §4.2.5.3 short strings), or a time to live over
-	// RabbitMQ's 2^32-1 ms. Nothing was sent: amqp091-go would close the
-	// connection, and every call sharing it, over such a frame.
+	// RabbitMQ's 2^32-1 ms; or a request's properties and headers (trace
+	// context, baggage) over 60 KiB, or over one frame of the broker's
+	// frame_max when it is configured smaller (AMQP 0-9-1 §4.2.3: they
+	// travel in one content header frame). Nothing was sent: amqp091-go
+	// would close the connection, or the broker would, and every call
+	// sharing it with them, over such a frame.
 	ErrTooLong = transport.ErrTooLong
 	// ErrTooLarge means a body is larger than the limit set with
 	// WithMaxBodySize: a client's request (not sent), or a reply the
@@ -85,6 +89,9 @@ var (
 	errTimedOut  = fmt.Errorf("amqprpc: call timed out: %w", context.DeadlineExceeded)
 	errCanceled  = fmt.Errorf("amqprpc: call canceled: %w", context.Canceled)
 	errAbandoned = fmt.Errorf("%w: request given up: the broker closed the channel on it again and again (too large?)", ErrRefused)
+	// errOverFrameMax: the broker's frame_max is under 64 KiB, and the
+	// request's properties (trace context, baggage) do not fit one frame.
+	errOverFrameMax = fmt.Errorf("%w: the request's properties and headers do not fit one frame of the broker's frame_max; not sent", ErrTooLong)
 )
 
 // errConsumerEnded is Serve's and ReceiveFromQueue's error when the

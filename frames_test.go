@@ -2,9 +2,11 @@ package amqprpc
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
+	"net/rpc"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/amqprpc/amqprpc/internal/brokertest"
 )
@@ -46,17 +50,6 @@ func TestBodiesAcrossFrames(t *testing.T) {
 	}
 }
 
-// setFrameMax makes the broker offer a frame_max of n bytes to the
-// connections opened from now on (RabbitMQ reads it at each handshake),
-// and puts the old value back when t ends.
-func setFrameMax(t *testing.T, n int) {
-	was := strings.TrimSpace(brokertest.Rabbitmqctl(t, "eval", "{ok, N} = application:get_env(rabbit, frame_max), N."))
-	_, err := strconv.Atoi(was)
-	require.NoError(t, err, "frame_max: %s", was)
-	brokertest.Rabbitmqctl(t, "eval", fmt.Sprintf("application:set_env(rabbit, frame_max, %d).", n))
-	t.Cleanup(func() { brokertest.Rabbitmqctl(t, "eval", "application:set_env(rabbit, frame_max, "+was+").") })
-}
-
 // wideChannel is a channel on a connection of its own whose frame_max is
 // the broker's: it can publish properties larger than 128 KiB.
 func wideChannel(t *testing.T) *amqp.Channel {
@@ -80,7 +73,7 @@ func bigHeaders() amqp.Table {
 // amqp091-go does with one over the size negotiated), which the request,
 // put back, would close again on every delivery.
 func TestRequestHeadersBeyondDefaultFrameMax(t *testing.T) {
-	setFrameMax(t, 1<<20)
+	brokertest.SetFrameMax(t, 1<<20)
 	ns := brokertest.Namespace(t)
 	s := startServer(t, ns, newRPCServer(t, new(Math)))
 	p := newRawPeer(t, ns)
@@ -101,7 +94,7 @@ func TestRequestHeadersBeyondDefaultFrameMax(t *testing.T) {
 // The same for a reply, from a foreign server: the client reads it, and
 // the call gets its result.
 func TestReplyHeadersBeyondDefaultFrameMax(t *testing.T) {
-	setFrameMax(t, 1<<20)
+	brokertest.SetFrameMax(t, 1<<20)
 	ns := brokertest.Namespace(t)
 	c := dial(t, ns)
 	ch := wideChannel(t)
@@ -121,4 +114,64 @@ func TestReplyHeadersBeyondDefaultFrameMax(t *testing.T) {
 		assert.Equal(t, p, got)
 	}
 	assert.Zero(t, c.conn.Reconnects(), "the client kept the connection it consumes on")
+}
+
+// Loud fails with an error text of the length asked for.
+type Loud struct{}
+
+func (Loud) Fail(n int, reply *int) error { return errors.New(strings.Repeat("e", n)) }
+func (Loud) Ok(n int, reply *int) error   { *reply = n; return nil }
+
+// On a broker whose frame_max is smaller than a reply's properties (here a
+// handler's error of 5000 bytes, under the 16 KiB an error text may take,
+// with the smallest frame_max AMQP allows), the server sends a short error
+// instead, at once. Sent, the reply would have closed the server's
+// connection, and every try after it: 10 of them, then an error, 7.6 s
+// later (measured before the fix).
+func TestReplyPropertiesBeyondFrameMax(t *testing.T) {
+	brokertest.SetFrameMax(t, 4096)
+	ns := brokertest.Namespace(t)
+	s := startServer(t, ns, newRPCServer(t, Loud{}))
+	c := dial(t, ns)
+	var n int
+	require.NoError(t, c.Call("Loud.Ok", 1, &n))
+	start := time.Now()
+	err := c.Call("Loud.Fail", 5000, &n)
+	took := time.Since(start)
+	var se rpc.ServerError
+	require.ErrorAs(t, err, &se)
+	assert.Contains(t, err.Error(), "frame_max")
+	assert.Less(t, took, 2*time.Second)
+	require.NoError(t, c.Call("Loud.Ok", 2, &n))
+	assert.Equal(t, 2, n)
+	assert.Zero(t, reconnects(s.pubConn, s.subConn)(), "the server kept its connections")
+}
+
+// The same for a request whose properties outgrow the broker's frame_max
+// (baggage, propagated in its headers): the call fails at once with
+// ErrTooLong, nothing is sent, and the next call works.
+func TestRequestPropertiesBeyondFrameMax(t *testing.T) {
+	brokertest.SetFrameMax(t, 4096)
+	ns := brokertest.Namespace(t)
+	startServer(t, ns, newRPCServer(t, Loud{}))
+	c := dial(t, ns, WithPropagator(propagation.Baggage{}))
+	var members []baggage.Member
+	for i := range 2 {
+		m, err := baggage.NewMember(fmt.Sprint("k", i), strings.Repeat("v", 2500))
+		require.NoError(t, err)
+		members = append(members, m)
+	}
+	b, err := baggage.New(members...)
+	require.NoError(t, err)
+	ctx := baggage.ContextWithBaggage(context.Background(), b)
+	var n int
+	start := time.Now()
+	err = c.CallContext(ctx, "Loud.Ok", 1, &n)
+	took := time.Since(start)
+	require.ErrorIs(t, err, ErrTooLong)
+	assert.Contains(t, err.Error(), "frame_max")
+	assert.Less(t, took, 2*time.Second)
+	assert.Zero(t, n, "the handler did not run")
+	require.NoError(t, c.Call("Loud.Ok", 2, &n))
+	assert.Equal(t, 2, n)
 }

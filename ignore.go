@@ -68,7 +68,7 @@ func (c *serverCodec) ignore(req *request) {
 				switch o {
 				case transport.Returned:
 					_ = c.publishReply(req, &reply{errText: (&noRouteError{key: d.RoutingKey}).Error(), code: codeNoRoute})
-				case transport.Nacked, transport.Failed:
+				case transport.Nacked, transport.Failed, transport.TooLarge:
 					// Settling would requeue it, to be ignored again
 					// without end: the caller hears now instead.
 					_ = c.publishReply(req, &reply{errText: "amqprpc: an ignored request could not be put back: the broker refused it (" + o.String() + ")"})

@@ -364,11 +364,15 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 			// client publishes again. A reply the broker closed the
 			// channel over (too large) is not worth sending again.
 			keep := r
-			if o == transport.Failed {
+			if o == transport.Failed || o == transport.TooLarge {
 				keep = nil
 			}
+			text := "amqprpc: the broker refused the reply (" + o.String() + ")"
+			if o == transport.TooLarge {
+				text = "amqprpc: the reply's properties and headers do not fit one frame of the broker's frame_max; not sent"
+			}
 			// publishReply settles req again by this one's outcome.
-			_ = c.publishReply(req, &reply{errText: "amqprpc: the broker refused the reply (" + o.String() + ")", refused: true, keep: keep})
+			_ = c.publishReply(req, &reply{errText: text, refused: true, keep: keep})
 			return
 		}
 		c.log.Warn("amqprpc: the broker refused a reply; the request is rejected, not run again",

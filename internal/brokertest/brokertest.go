@@ -231,6 +231,18 @@ func Rabbitmqctl(t testing.TB, args ...string) string {
 	return string(out)
 }
 
+// SetFrameMax makes the broker offer a frame_max of n bytes to the
+// connections opened from now on (RabbitMQ reads it at each handshake),
+// and puts the old value back when t ends.
+func SetFrameMax(t testing.TB, n int) {
+	t.Helper()
+	was := strings.TrimSpace(Rabbitmqctl(t, "eval", "{ok, N} = application:get_env(rabbit, frame_max), N."))
+	_, err := strconv.Atoi(was)
+	require.NoError(t, err, "frame_max: %s", was)
+	Rabbitmqctl(t, "eval", fmt.Sprintf("application:set_env(rabbit, frame_max, %d).", n))
+	t.Cleanup(func() { Rabbitmqctl(t, "eval", "application:set_env(rabbit, frame_max, "+was+").") })
+}
+
 // Messages is the number of messages in queue, ready and unacked, from
 // rabbitmqctl (an AMQP look would not see the unacked ones); -1 if the queue
 // is not listed.

@@ -166,37 +166,44 @@ func (c *Conn) Reconnects() uint64 { return c.reconnects.Load() }
 // Channel opens a channel on the live connection, waiting for one while
 // reconnecting, until ctx ends or the Conn is closed (ErrClosed).
 func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
+	ch, _, err := c.channel(ctx)
+	return ch, err
+}
+
+// channel is Channel, with the frame_max negotiated by the connection the
+// channel is on, in bytes (0: no limit).
+func (c *Conn) channel(ctx context.Context) (*amqp.Channel, int, error) {
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		select {
 		case <-c.done:
-			return nil, ErrClosed // a wrapped connection may still be open
+			return nil, 0, ErrClosed // a wrapped connection may still be open
 		default:
 		}
 		c.mu.Lock()
 		conn, up, lost := c.conn, c.up, c.lost
 		c.mu.Unlock()
 		if lost != nil {
-			return nil, lost
+			return nil, 0, lost
 		}
 		if conn != nil {
 			ch, err := conn.Channel()
 			if err == nil {
-				return ch, nil
+				return ch, conn.Config.FrameSize, nil
 			}
 			// A connection that dies while the channel opens fails it with
 			// its shutdown error (501, 320), not ErrClosed.
 			if !errors.Is(err, amqp.ErrClosed) && !conn.IsClosed() {
-				return nil, err
+				return nil, 0, err
 			}
 			// The connection died under us: wait for watch to notice.
 			select {
 			case <-c.done:
-				return nil, ErrClosed
+				return nil, 0, ErrClosed
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, 0, ctx.Err()
 			case <-time.After(10 * time.Millisecond):
 			}
 			continue
@@ -204,9 +211,9 @@ func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
 		select {
 		case <-up:
 		case <-c.done:
-			return nil, ErrClosed
+			return nil, 0, ErrClosed
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, 0, ctx.Err()
 		}
 	}
 }

@@ -35,6 +35,21 @@ const (
 	MaxHeaderFrame = 60 << 10
 )
 
+// headerFrameSlack is what a content header frame holds beyond the
+// properties check counts, in bytes: the frame's own 8 (AMQP 0-9-1
+// §2.3.5), the class, weight, body size and property flags (14, §4.2.6.1),
+// the delivery mode, priority and timestamp (10), and an expiration set
+// when the message is sent (11).
+const headerFrameSlack = 8 + 14 + 10 + 11
+
+// fitsFrame reports whether properties of size bytes (as check counts
+// them) fit one frame of a connection whose frame_max is frameMax bytes
+// (0: no limit). A larger header frame makes the broker close the
+// connection, with every channel on it.
+func fitsFrame(size, frameMax int) bool {
+	return frameMax <= 0 || size+headerFrameSlack <= frameMax
+}
+
 // CheckName returns an error wrapping ErrTooLong when name, what (a queue,
 // a routing key...), does not fit an AMQP short string.
 func CheckName(what, name string) error {
@@ -59,6 +74,15 @@ func CheckExpiry(what string, d time.Duration) error {
 // all properties within MaxHeaderFrame. Errors about length wrap
 // ErrTooLong.
 func Check(m *Message) error {
+	_, err := check(m)
+	return err
+}
+
+// check is Check, returning also the size of m's properties as Check
+// counts them: every short string with its length byte (exchange and
+// routing key included, which travel in the method frame) and the headers
+// table.
+func check(m *Message) (int, error) {
 	names := [...]struct{ what, s string }{
 		{"exchange", m.Exchange}, {"routing key", m.Key},
 		{"type (the method name)", m.Type}, {"reply_to", m.ReplyTo},
@@ -69,29 +93,29 @@ func Check(m *Message) error {
 	size := 0
 	for _, n := range names {
 		if err := CheckName(n.what, n.s); err != nil {
-			return err
+			return 0, err
 		}
 		size += 1 + len(n.s)
 	}
 	if m.Expiration != "" {
 		if ms, err := strconv.ParseUint(m.Expiration, 10, 64); err != nil || ms > MaxExpiry {
-			return fmt.Errorf("%w: expiration %q is not a number of milliseconds up to %d", ErrTooLong, m.Expiration, MaxExpiry)
+			return 0, fmt.Errorf("%w: expiration %q is not a number of milliseconds up to %d", ErrTooLong, m.Expiration, MaxExpiry)
 		}
 	}
 	if m.Headers != nil {
 		if err := m.Headers.Validate(); err != nil {
-			return fmt.Errorf("amqprpc: headers: %w", err)
+			return 0, fmt.Errorf("amqprpc: headers: %w", err)
 		}
 		n, err := tableSize(m.Headers, 0)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		size += n
 	}
 	if size > MaxHeaderFrame {
-		return fmt.Errorf("%w: properties and headers of %d bytes (at most %d fit one frame)", ErrTooLong, size, MaxHeaderFrame)
+		return 0, fmt.Errorf("%w: properties and headers of %d bytes (at most %d fit one frame)", ErrTooLong, size, MaxHeaderFrame)
 	}
-	return nil
+	return size, nil
 }
 
 // maxTableDepth bounds the nesting of header tables Check walks: as deep

@@ -34,9 +34,15 @@ const (
 	// alone: the broker refuses it (too large, say). It may or may not have reached the
 	// broker; sending it again would fail the same way.
 	Failed
+	// TooLarge: the message's properties do not fit one frame of the
+	// frame_max its connection negotiated, so it was not sent: the broker
+	// would close the connection over it (AMQP 0-9-1 §4.2.3), and with it
+	// every other channel. Check bounds them at MaxHeaderFrame already, so
+	// only a broker configured with a frame_max under 64 KiB gets here.
+	TooLarge
 )
 
-var outcomeNames = [...]string{"acked", "returned", "nacked", "abandoned", "expired", "failed"}
+var outcomeNames = [...]string{"acked", "returned", "nacked", "abandoned", "expired", "failed", "too large for frame_max"}
 
 func (o Outcome) String() string {
 	if int(o) < len(outcomeNames) {
@@ -79,6 +85,7 @@ type entry struct {
 	dc      *amqp.DeferredConfirmation // on the channel it was last sent on
 	tries   int                        // channels lost while it was in flight alone
 	suspect bool                       // unconfirmed when a channel was lost: sent alone until confirmed
+	props   int                        // size of its properties, as check counts them
 }
 
 // maxTries bounds how often a channel may close while a message is in
@@ -141,13 +148,14 @@ func NewPublisher(conn *Conn, log *slog.Logger, setup func(*amqp.Channel) error,
 // would cost a timer per confirm (amqp091-go's notifyAll), 12 allocations
 // per call in the benchmark.
 type confirmChannel struct {
-	ch      *amqp.Channel
-	closed  chan *amqp.Error // gets an error, or is closed, when ch is gone
-	returns chan amqp.Return
+	ch       *amqp.Channel
+	frameMax int              // negotiated by its connection, in bytes; 0: none
+	closed   chan *amqp.Error // gets an error, or is closed, when ch is gone
+	returns  chan amqp.Return
 }
 
 func (p *Publisher) open(ctx context.Context) (*confirmChannel, error) {
-	ch, err := p.conn.Channel(ctx)
+	ch, frameMax, err := p.conn.channel(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -162,21 +170,24 @@ func (p *Publisher) open(ctx context.Context) (*confirmChannel, error) {
 		return nil, fmt.Errorf("amqprpc: confirm mode: %w", err)
 	}
 	return &confirmChannel{
-		ch:      ch,
-		closed:  ch.NotifyClose(make(chan *amqp.Error, 1)),
-		returns: ch.NotifyReturn(make(chan amqp.Return, 1024)),
+		ch:       ch,
+		frameMax: frameMax,
+		closed:   ch.NotifyClose(make(chan *amqp.Error, 1)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, 1024)),
 	}, nil
 }
 
 // Publish queues m for sending and returns at once; done (which may be nil)
-// later gets the broker's verdict. It returns an error, and done is not
+// later gets the broker's verdict, or ours (Expired, TooLarge for the
+// connection it would go on). It returns an error, and done is not
 // called, for a message that cannot be sent at all (see Check: a name over
 // AMQP's limits, invalid headers) and after Close (ErrClosed).
 func (p *Publisher) Publish(m Message, done Confirmed) error {
-	if err := Check(&m); err != nil {
+	props, err := check(&m)
+	if err != nil {
 		return err
 	}
-	e := &entry{Message: m, done: done}
+	e := &entry{Message: m, done: done, props: props}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -374,6 +385,12 @@ func (s *session) sendBatch() {
 	uncork := s.p.conn.Cork() // one write for the whole batch
 	for i, e := range batch {
 		if !s.setExpiration(e, now) {
+			continue
+		}
+		if !fitsFrame(e.props, s.l.frameMax) {
+			if e.done != nil {
+				e.done(TooLarge)
+			}
 			continue
 		}
 		dc, err := s.l.ch.PublishWithDeferredConfirm(e.Exchange, e.Key, e.Mandatory, false, e.Publishing)

@@ -3,6 +3,7 @@ package transport_test
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -69,4 +70,53 @@ func TestPublisherMatchesReturnsToTheirMessages(t *testing.T) {
 		assert.Equal(t, transport.Returned, got[fmt.Sprint("unroutable ", i)], "unroutable %d", i)
 	}
 	assert.Equal(t, pairs, brokertest.QueueDepth(t, queue))
+}
+
+// On a broker whose frame_max is under 64 KiB, a message whose properties
+// do not fit one frame of it is not sent (TooLarge): the broker would close
+// the connection over it. The largest properties let through, with an
+// expiration of the most digits, are taken, and the connection stays.
+func TestPublisherKeepsPropertiesWithinFrameMax(t *testing.T) {
+	brokertest.Need(t)
+	const frameMax = 8192
+	brokertest.SetFrameMax(t, frameMax)
+	queue := "test_frame_max_" + brokertest.Namespace(t)
+	ch := brokertest.Channel(t)
+	_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = brokertest.Channel(t).QueueDelete(queue, false, false, false) })
+
+	conn, err := transport.Open(brokertest.URL(), transport.Config{}, slog.Default())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, conn.Close()) })
+	pub, err := transport.NewPublisher(conn, slog.Default(), nil, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, pub.Close()) })
+
+	publish := func(id string, header int) transport.Outcome {
+		got := make(chan transport.Outcome, 1)
+		require.NoError(t, pub.Publish(transport.Message{
+			Key:        queue,
+			Deadline:   time.Now().Add(40 * 24 * time.Hour), // an expiration of 10 digits
+			Publishing: amqp.Publishing{CorrelationId: id, Headers: amqp.Table{"h": strings.Repeat("h", header)}},
+		}, func(o transport.Outcome) { got <- o }))
+		select {
+		case o := <-got:
+			return o
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no outcome", id)
+			return 0
+		}
+	}
+	// What check counts: 11 short strings with their length bytes (the
+	// routing key and the correlation id are not empty), and the table:
+	// its length, and "h" as a key and a long string.
+	largest := frameMax - 43 - (11 + len(queue) + 2) - (4 + 2 + 5)
+	assert.Equal(t, transport.Acked, publish("c1", 10))
+	assert.Equal(t, transport.TooLarge, publish("c2", 9000))
+	assert.Equal(t, transport.TooLarge, publish("c3", largest+1))
+	assert.Equal(t, transport.Acked, publish("c4", largest), "the largest let through")
+	assert.Equal(t, transport.Acked, publish("c5", 10))
+	assert.Zero(t, conn.Reconnects(), "the connection stayed up")
+	assert.Equal(t, 3, brokertest.QueueDepth(t, queue))
 }
