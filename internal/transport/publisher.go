@@ -380,17 +380,20 @@ func (s *session) headDone() <-chan struct{} {
 
 // sendBatch sends what the queue holds, up to maxInFlight in flight.
 func (s *session) sendBatch() {
-	batch, probing, whole := s.takeBatch()
+	batch, whole := s.takeBatch()
 	now := time.Now()
 	uncork := s.p.conn.Cork() // one write for the whole batch
+	skipped := 0
 	for i, e := range batch {
 		if !s.setExpiration(e, now) {
+			skipped++
 			continue
 		}
 		if !fitsFrame(e.props, s.l.frameMax) {
 			if e.done != nil {
 				e.done(TooLarge)
 			}
+			skipped++
 			continue
 		}
 		dc, err := s.l.ch.PublishWithDeferredConfirm(e.Exchange, e.Key, e.Mandatory, false, e.Publishing)
@@ -410,8 +413,10 @@ func (s *session) sendBatch() {
 		s.sent = append(s.sent, e)
 	}
 	uncork()
-	if probing && len(s.sent) == 0 && s.wake != nil {
-		s.p.nudge() // the suspect expired unsent: on to the next
+	if skipped > 0 && s.wake != nil {
+		// Messages left unsent (expired, too large) did not take the
+		// room the batch was sized for: the queue's next ones may go.
+		s.p.nudge()
 	}
 	if whole {
 		clear(batch) // the entries now live in sent, or are done
@@ -429,13 +434,12 @@ func (s *session) sendBatch() {
 // the batch is the queue's whole array, which the queue then gives up for
 // the spare one: Publish appends without allocating a new array every few
 // batches, and sendBatch gives it back as the spare once sent.
-func (s *session) takeBatch() (batch []*entry, probing, whole bool) {
+func (s *session) takeBatch() (batch []*entry, whole bool) {
 	p := s.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := min(len(p.queued), maxInFlight-len(s.sent))
-	probing = n > 0 && p.queued[0].suspect
-	if probing {
+	if n > 0 && p.queued[0].suspect { // probing
 		n = 0
 		if len(s.sent) == 0 {
 			n = 1 // alone; its confirm wakes us for the next
@@ -448,7 +452,7 @@ func (s *session) takeBatch() (batch []*entry, probing, whole bool) {
 	} else {
 		p.queued = p.queued[n:]
 	}
-	return batch, probing, whole
+	return batch, whole
 }
 
 // setExpiration sets e's Expiration from its Deadline, and its Timestamp,
