@@ -356,8 +356,11 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 			return
 		}
 		if r != nil && !r.refused {
-			c.log.Warn("amqprpc: the broker refused a reply; sending the caller an error instead",
-				"outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
+			what := "amqprpc: the broker refused a reply; sending the caller an error instead"
+			if o == transport.TooLarge {
+				what = "amqprpc: a reply does not fit the broker's frame_max; sending the caller an error instead"
+			}
+			c.log.Warn(what, "outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
 			// A reply queue that refuses messages now (full, or on a node
 			// that is down) may take them later: if the error is refused
 			// too, the reply is kept for a copy of the call that the

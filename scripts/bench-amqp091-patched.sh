@@ -27,6 +27,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 cd "$root/bench"
+go mod download github.com/rabbitmq/amqp091-go # go list -m does not
 src=$(go list -m -f '{{.Dir}}' github.com/rabbitmq/amqp091-go)
 cp -r "$src" "$work/amqp091-go"
 chmod -R u+w "$work/amqp091-go"

@@ -56,11 +56,12 @@ type Conn struct {
 	reconnects atomic.Uint64 // successful redials
 
 	mu sync.Mutex
-	// protects conn, up and lost
-	conn *amqp.Connection // nil while down
-	cork *corkConn        // conn's network connection; nil for a wrapped one
-	up   chan struct{}    // closed while conn is live; replaced when it is lost
-	lost error            // set when a wrapped connection is gone for good
+	// protects conn, cork, frameMax, up and lost
+	conn     *amqp.Connection // nil while down
+	cork     *corkConn        // conn's network connection; nil for a wrapped one
+	frameMax int              // conn's negotiated frame_max in bytes (0: none), read once when it came up
+	up       chan struct{}    // closed while conn is live; replaced when it is lost
+	lost     error            // set when a wrapped connection is gone for good
 }
 
 // Open dials rawURL, one broker URL or several separated by commas (see
@@ -102,8 +103,9 @@ func start(c *Conn, conn *amqp.Connection, cork *corkConn) *Conn {
 }
 
 func (c *Conn) setUp(conn *amqp.Connection, cork *corkConn) {
+	frameMax := conn.Config.FrameSize
 	c.mu.Lock()
-	c.conn, c.cork = conn, cork
+	c.conn, c.cork, c.frameMax = conn, cork, frameMax
 	close(c.up)
 	c.mu.Unlock()
 }
@@ -183,7 +185,7 @@ func (c *Conn) channel(ctx context.Context) (*amqp.Channel, int, error) {
 		default:
 		}
 		c.mu.Lock()
-		conn, up, lost := c.conn, c.up, c.lost
+		conn, up, lost, frameMax := c.conn, c.up, c.lost, c.frameMax
 		c.mu.Unlock()
 		if lost != nil {
 			return nil, 0, lost
@@ -191,7 +193,7 @@ func (c *Conn) channel(ctx context.Context) (*amqp.Channel, int, error) {
 		if conn != nil {
 			ch, err := conn.Channel()
 			if err == nil {
-				return ch, conn.Config.FrameSize, nil
+				return ch, frameMax, nil
 			}
 			// A connection that dies while the channel opens fails it with
 			// its shutdown error (501, 320), not ErrClosed.

@@ -43,6 +43,12 @@ const handshakeTimeout = 30 * time.Second
 // v1.16.0), which Open does not.
 const defaultHeartbeat = 10 * time.Second
 
+// maxFrameSize is the frame_max a connection asks for, in bytes: the
+// broker's own wins when it is smaller (RabbitMQ's default is 131072).
+// A broker that offers no limit (0) gets this one, which bounds what
+// amqp091-go allocates for a frame, and for a body before it arrives.
+const maxFrameSize = 64 << 20
+
 // dial opens one AMQP connection and returns it with the corkable network
 // connection under it; ending ctx interrupts it. Its errors never contain
 // the password.
@@ -124,14 +130,13 @@ func amqpConfig(rawURL string, uri amqp.URI, cfg Config) (amqp.Config, error) {
 	config := amqp.Config{
 		Vhost:      uri.Vhost,
 		ChannelMax: uri.ChannelMax,
-		// The broker's frame_max, whatever it is, rather than the 128 KiB
-		// DialConfig asks for: a message comes in one content header
-		// frame however large its properties, and amqp091-go closes the
-		// connection on a frame over the size negotiated. A broker whose
-		// frame_max is larger takes such a message from a foreign client,
-		// and a consumer with a smaller one would be closed by it on every
-		// delivery. Reads still allocate in 64 KiB steps as bytes arrive.
-		FrameSize:  amqp.FrameSizeUnlimited,
+		// The broker's frame_max, rather than the 128 KiB DialConfig asks
+		// for: a message comes in one content header frame however large
+		// its properties, and amqp091-go closes the connection on a frame
+		// over the size negotiated. A broker whose frame_max is larger
+		// takes such a message from a foreign client, and a consumer
+		// with a smaller one would be closed by it on every delivery.
+		FrameSize:  maxFrameSize,
 		Heartbeat:  cmp.Or(cfg.Heartbeat, defaultHeartbeat),
 		Properties: props,
 		Locale:     "en_US",

@@ -50,7 +50,7 @@ func TestAMQPConfig(t *testing.T) {
 	c := config(t, "amqp://u:p@h:5672/vh", Config{Name: "n"})
 	assert.Equal(t, "vh", c.Vhost)
 	assert.Equal(t, 10*time.Second, c.Heartbeat)
-	assert.Equal(t, amqp.FrameSizeUnlimited, c.FrameSize, "the broker's frame_max")
+	assert.Equal(t, 64<<20, c.FrameSize, "the broker's frame_max wins when smaller")
 	assert.Equal(t, "en_US", c.Locale)
 	assert.Equal(t, "n", c.Properties["connection_name"])
 	require.Len(t, c.SASL, 1)

@@ -36,11 +36,13 @@ const (
 )
 
 // headerFrameSlack is what a content header frame holds beyond the
-// properties check counts, in bytes: the frame's own 8 (AMQP 0-9-1
-// §2.3.5), the class, weight, body size and property flags (14, §4.2.6.1),
-// the delivery mode, priority and timestamp (10), and an expiration set
-// when the message is sent (11).
-const headerFrameSlack = 8 + 14 + 10 + 11
+// properties check counts, at most, in bytes: the frame's own 8 (AMQP
+// 0-9-1 §2.3.5); the class, weight, body size and property flags (14,
+// §4.2.6.1); the delivery mode, priority and timestamp (10); and the
+// digits of an expiration set when the message is sent (10: MaxExpiry has
+// ten; check counts its length byte). A message with every property is
+// exactly check's size plus this.
+const headerFrameSlack = 8 + 14 + 10 + 10
 
 // fitsFrame reports whether properties of size bytes (as check counts
 // them) fit one frame of a connection whose frame_max is frameMax bytes
@@ -79,12 +81,17 @@ func Check(m *Message) error {
 }
 
 // check is Check, returning also the size of m's properties as Check
-// counts them: every short string with its length byte (exchange and
-// routing key included, which travel in the method frame) and the headers
-// table.
+// counts them: every short string property with its length byte, and the
+// headers table. (The exchange and routing key travel in the method frame:
+// they are checked, not counted.)
 func check(m *Message) (int, error) {
+	if err := CheckName("exchange", m.Exchange); err != nil {
+		return 0, err
+	}
+	if err := CheckName("routing key", m.Key); err != nil {
+		return 0, err
+	}
 	names := [...]struct{ what, s string }{
-		{"exchange", m.Exchange}, {"routing key", m.Key},
 		{"type (the method name)", m.Type}, {"reply_to", m.ReplyTo},
 		{"correlation_id", m.CorrelationId}, {"message_id", m.MessageId},
 		{"content_type", m.ContentType}, {"content_encoding", m.ContentEncoding},
