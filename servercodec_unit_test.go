@@ -32,7 +32,7 @@ type fakePublish struct {
 func newFakePublisher() *fakePublisher { return &fakePublisher{more: make(chan struct{}, 1)} }
 
 func (f *fakePublisher) Publish(m transport.Message, done transport.Confirmed) error {
-	if err := transport.Check(&m); err != nil {
+	if _, err := transport.Check(&m); err != nil {
 		return err
 	}
 	f.mu.Lock()

@@ -36,15 +36,15 @@ const (
 )
 
 // headerFrameSlack is what a content header frame holds beyond the
-// properties check counts, at most, in bytes: the frame's own 8 (AMQP
+// properties Check counts, at most, in bytes: the frame's own 8 (AMQP
 // 0-9-1 §2.3.5); the class, weight, body size and property flags (14,
 // §4.2.6.1); the delivery mode, priority and timestamp (10); and the
 // digits of an expiration set when the message is sent (10: MaxExpiry has
-// ten; check counts its length byte). A message with every property is
-// exactly check's size plus this.
+// ten; Check counts its length byte). A message with every property is
+// exactly Check's size plus this.
 const headerFrameSlack = 8 + 14 + 10 + 10
 
-// fitsFrame reports whether properties of size bytes (as check counts
+// fitsFrame reports whether properties of size bytes (as Check counts
 // them) fit one frame of a connection whose frame_max is frameMax bytes
 // (0: no limit). A larger header frame makes the broker close the
 // connection, with every channel on it.
@@ -74,17 +74,11 @@ func CheckExpiry(what string, d time.Duration) error {
 // Check returns why m cannot be published as it is, or nil: every short
 // string within MaxShortString, headers of types AMQP tables carry, and
 // all properties within MaxHeaderFrame. Errors about length wrap
-// ErrTooLong.
-func Check(m *Message) error {
-	_, err := check(m)
-	return err
-}
-
-// check is Check, returning also the size of m's properties as Check
-// counts them: every short string property with its length byte, and the
-// headers table. (The exchange and routing key travel in the method frame:
-// they are checked, not counted.)
-func check(m *Message) (int, error) {
+// ErrTooLong. It also returns the size of m's properties as it counts
+// them: every short string property with its length byte, and the headers
+// table (the exchange and routing key travel in the method frame: they
+// are checked, not counted).
+func Check(m *Message) (int, error) {
 	if err := CheckName("exchange", m.Exchange); err != nil {
 		return 0, err
 	}

@@ -85,7 +85,7 @@ type entry struct {
 	dc      *amqp.DeferredConfirmation // on the channel it was last sent on
 	tries   int                        // channels lost while it was in flight alone
 	suspect bool                       // unconfirmed when a channel was lost: sent alone until confirmed
-	props   int                        // size of its properties, as check counts them
+	props   int                        // size of its properties, as Check counts them
 }
 
 // maxTries bounds how often a channel may close while a message is in
@@ -183,7 +183,7 @@ func (p *Publisher) open(ctx context.Context) (*confirmChannel, error) {
 // called, for a message that cannot be sent at all (see Check: a name over
 // AMQP's limits, invalid headers) and after Close (ErrClosed).
 func (p *Publisher) Publish(m Message, done Confirmed) error {
-	props, err := check(&m)
+	props, err := Check(&m)
 	if err != nil {
 		return err
 	}
