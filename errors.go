@@ -91,8 +91,20 @@ var (
 	errAbandoned = fmt.Errorf("%w: request given up: the broker closed the channel on it again and again (too large?)", ErrRefused)
 	// errOverFrameMax: the broker's frame_max is under 64 KiB, and the
 	// request's properties (trace context, baggage) do not fit one frame.
-	errOverFrameMax = fmt.Errorf("%w: the request's properties and headers do not fit one frame of the broker's frame_max; not sent", ErrTooLong)
+	errOverFrameMax = fmt.Errorf("%w: %s", ErrTooLong, notSent("the request", transport.TooLarge))
 )
+
+// notSent says why what (a message, named for the error text) did not
+// reach the broker, by the outcome of its publishing: the broker refused
+// it (nacked, or closed the channel on it until the publisher gave up), or
+// the publisher kept it back because its properties cannot fit one frame
+// (TooLarge).
+func notSent(what string, o transport.Outcome) string {
+	if o == transport.TooLarge {
+		return what + " does not fit one frame of the broker's frame_max (properties and headers); not sent"
+	}
+	return "the broker refused " + what + " (" + o.String() + ")"
+}
 
 // errConsumerEnded is Serve's and ReceiveFromQueue's error when the
 // consumer ended for good, which happens only on a connection of the

@@ -71,11 +71,7 @@ func (c *serverCodec) ignore(req *request) {
 				case transport.Nacked, transport.Failed, transport.TooLarge:
 					// Settling would requeue it, to be ignored again
 					// without end: the caller hears now instead.
-					why := "the broker refused it (" + o.String() + ")"
-					if o == transport.TooLarge {
-						why = "its properties do not fit the broker's frame_max"
-					}
-					_ = c.publishReply(req, &reply{errText: "amqprpc: an ignored request could not be put back: " + why})
+					_ = c.publishReply(req, &reply{errText: "amqprpc: an ignored request could not be put back: " + notSent("it", o)})
 				default:
 					c.settle(req, o, nil)
 				}

@@ -356,11 +356,8 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 			return
 		}
 		if r != nil && !r.refused {
-			what := "amqprpc: the broker refused a reply; sending the caller an error instead"
-			if o == transport.TooLarge {
-				what = "amqprpc: a reply does not fit the broker's frame_max; sending the caller an error instead"
-			}
-			c.log.Warn(what, "outcome", o.String(), "type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
+			c.log.Warn("amqprpc: a reply was not sent; sending the caller an error instead", "why", notSent("it", o),
+				"type", req.d.Type, "correlation_id", req.d.CorrelationId, "reply_to", req.d.ReplyTo)
 			// A reply queue that refuses messages now (full, or on a node
 			// that is down) may take them later: if the error is refused
 			// too, the reply is kept for a copy of the call that the
@@ -370,12 +367,8 @@ func (c *serverCodec) settle(req *request, o transport.Outcome, r *reply) {
 			if o == transport.Failed || o == transport.TooLarge {
 				keep = nil
 			}
-			text := "amqprpc: the broker refused the reply (" + o.String() + ")"
-			if o == transport.TooLarge {
-				text = "amqprpc: the reply's properties and headers do not fit one frame of the broker's frame_max; not sent"
-			}
 			// publishReply settles req again by this one's outcome.
-			_ = c.publishReply(req, &reply{errText: text, refused: true, keep: keep})
+			_ = c.publishReply(req, &reply{errText: "amqprpc: " + notSent("the reply", o), refused: true, keep: keep})
 			return
 		}
 		c.log.Warn("amqprpc: the broker refused a reply; the request is rejected, not run again",
