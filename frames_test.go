@@ -175,3 +175,27 @@ func TestRequestPropertiesBeyondFrameMax(t *testing.T) {
 	require.NoError(t, c.Call("Loud.Ok", 2, &n))
 	assert.Equal(t, 2, n)
 }
+
+// The other path a server publishes on: an ignored request put back with
+// its ignore count. A request whose properties just fit the broker's
+// frame_max (a header frame of 8190 bytes, of 8192) no longer does with
+// the count added (about 25 bytes more: past the few bytes RabbitMQ lets
+// a frame go over): the caller hears so at once, and the server keeps its
+// connections.
+func TestIgnoredRequestPutBackBeyondFrameMax(t *testing.T) {
+	brokertest.SetFrameMax(t, 8192)
+	ns := brokertest.Namespace(t)
+	picky := &Picky{name: "no"}
+	s := startServer(t, ns, newRPCServer(t, picky))
+	p := newRawPeer(t, ns)
+	p.send(amqp.Publishing{Type: "Picky.Take", ReplyTo: "rawpeer", CorrelationId: "big", MessageId: "big",
+		ContentType: "application/json", Body: []byte(`"x"`),
+		Headers: amqp.Table{"x-app-context": strings.Repeat("h", 8101)}})
+	d := p.reply()
+	assert.Equal(t, "big", d.CorrelationId)
+	assert.Contains(t, d.Headers["error"], "could not be put back")
+	assert.Contains(t, d.Headers["error"], "frame_max")
+	assert.Equal(t, int32(1), picky.seen.Load(), "ignored once, then answered")
+	assert.Zero(t, reconnects(s.pubConn, s.subConn)(), "the server kept its connections")
+	require.Eventually(t, func() bool { return brokertest.Messages(t, "rpc_"+ns+"_request") == 0 }, 5*time.Second, 20*time.Millisecond)
+}
