@@ -87,7 +87,7 @@ func newClientCodecOn(pubConn, subConn *transport.Conn, n names, id string, o *o
 		pub:      pub,
 		stream:   replies.Stream(),
 		lost:     &queue.lost,
-		lookUps:  newQueueLookups(subConn),
+		lookUps:  newQueueLookups(subConn, o.logger),
 		release:  joinClose(replies.Close, stopPublisher(pub), closeConns, queue.close, pub.Close),
 	})
 	unobserve := cc.tel.observe(id, pub.Len, reconnects(pubConn, subConn), cc.dropped.Load)

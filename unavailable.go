@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -152,6 +153,7 @@ func endedWaiting(p *pendingCall, err error) error {
 // asks within lookupFresh.
 type queueLookups struct {
 	conn *transport.Conn
+	log  *slog.Logger
 
 	mu sync.Mutex
 	// protects m
@@ -167,8 +169,8 @@ type lookup struct {
 	at    time.Time
 }
 
-func newQueueLookups(conn *transport.Conn) *queueLookups {
-	return &queueLookups{conn: conn, m: make(map[string]*lookup)}
+func newQueueLookups(conn *transport.Conn, log *slog.Logger) *queueLookups {
+	return &queueLookups{conn: conn, log: log, m: make(map[string]*lookup)}
 }
 
 // state returns queue's state as lookUpQueue finds it, but
@@ -196,6 +198,9 @@ func (l *queueLookups) state(queue string) queueState {
 		errors.As(err, &ae) && ae.Code == amqp.ConnectionForced {
 		state = queueUnavailable
 	} else if err != nil {
+		// Not an answer about the queue: logged, since the calls that
+		// asked then fail as if it were missing (ErrNoRoute, ErrRefused).
+		l.log.Warn("amqprpc: could not look up a request queue; its returned calls fail", "queue", queue, "err", err)
 		state = queueAbsent
 	}
 	lk.state, lk.at = state, time.Now()
